@@ -1,0 +1,124 @@
+#include "agent/detect/detector.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "agent/detect/finding_builder.h"
+
+namespace tokenwatch::detect {
+namespace {
+
+absl::string_view Basename(absl::string_view path) {
+  size_t slash = path.rfind('/');
+  return slash == absl::string_view::npos ? path : path.substr(slash + 1);
+}
+
+std::string PodName(const tokens::TokenInfo& token) {
+  return absl::StrCat(token.claims.namespace_name, "/", token.claims.pod_name);
+}
+
+std::string Actor(const process::ProcessView& p) {
+  return absl::StrFormat("%s (pid %d, %s)", p.exe.empty() ? p.comm : p.exe, p.pid, p.comm);
+}
+
+}  // namespace
+
+bool IsShellOrTool(const std::string& exe, const std::string& comm) {
+  static const char* const kTools[] = {
+      "sh",   "bash", "dash", "ash",  "zsh",  "ksh",   "busybox", "cat",   "head",   "tail",
+      "base64", "dd", "cp",   "tar",  "grep", "egrep", "curl",    "wget",  "nc",     "ncat",
+      "netcat", "socat", "perl", "ruby", "node", "php", "less",   "more",  "strings", "xxd",
+      "od",   "find", "xargs", "awk", "sed"};
+  for (absl::string_view name : {Basename(exe), absl::string_view(comm)}) {
+    if (name.empty()) continue;
+    for (const char* tool : kTools) {
+      if (name == tool) return true;
+    }
+    if (absl::StartsWith(name, "python")) return true;
+  }
+  return false;
+}
+
+std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
+  const process::ProcessView& reader = read.lineage.process;
+  const tokens::TokenInfo& token = read.token;
+  std::string rule_id, rule_name, summary;
+  v1::Severity severity = v1::SEVERITY_UNSPECIFIED;
+  std::string reader_pod = "host";
+
+  if (!reader.container.has_value()) {
+    for (const std::string& allowed : options_.host_allowed_exes) {
+      if (reader.exe == allowed || Basename(reader.exe) == allowed) return {};
+    }
+    rule_id = "TW003";
+    rule_name = "token-read-host";
+    severity = v1::SEVERITY_HIGH;
+    summary = absl::StrFormat(
+        "Host process %s read the service-account token of pod %s (service account %s).",
+        Actor(reader), PodName(token), token.claims.service_account);
+  } else if (reader.container->pod_uid != token.pod_uid) {
+    reader_pod = reader.container->pod_uid;
+    rule_id = "TW002";
+    rule_name = "token-read-cross-pod";
+    severity = v1::SEVERITY_CRITICAL;
+    summary = absl::StrFormat(
+        "%s in another pod (uid %s) read the service-account token of pod %s (service account "
+        "%s).",
+        Actor(reader), reader.container->pod_uid, PodName(token), token.claims.service_account);
+  } else {
+    reader_pod = reader.container->pod_uid;
+    bool tool = IsShellOrTool(reader.exe, reader.comm);
+    if (!tool && !read.entrypoint_exe.empty() && reader.exe == read.entrypoint_exe) return {};
+    rule_id = "TW001";
+    rule_name = "token-read-unexpected";
+    severity = tool ? v1::SEVERITY_HIGH : v1::SEVERITY_MEDIUM;
+    summary = absl::StrFormat(
+        "%s read the service-account token of its own pod %s (service account %s); the "
+        "container's entrypoint is %s.",
+        Actor(reader), PodName(token), token.claims.service_account,
+        read.entrypoint_exe.empty() ? "unknown" : read.entrypoint_exe);
+  }
+
+  // Fold by (rule, reader pod, exe, token): the token is named by its owner
+  // and file, so the fold survives rotation.
+  std::string key = absl::StrCat(rule_id, "\x1f", reader_pod, "\x1f", reader.exe, "\x1f",
+                                 token.pod_uid, "\x1f", token.volume, "\x1f", token.file_name);
+  if (options_.dedup_window > absl::ZeroDuration()) {
+    auto it = folds_.find(key);
+    if (it != folds_.end() && read.time - it->second.first < options_.dedup_window) {
+      Fold& fold = it->second;
+      fold.finding.set_count(fold.finding.count() + 1);
+      if (read.time > FromTimestamp(fold.finding.last_seen())) {
+        *fold.finding.mutable_last_seen() = ToTimestamp(read.time);
+      }
+      fold.dirty = true;
+      ++folded_;
+      return {};
+    }
+  }
+  v1::Finding finding = BuildTokenReadFinding(options_.node, options_.hook_mode, read, rule_id,
+                                               rule_name, severity, summary);
+  if (options_.dedup_window > absl::ZeroDuration()) {
+    folds_[key] = Fold{finding, read.time, false};
+  }
+  return {std::move(finding)};
+}
+
+std::vector<v1::Finding> Detector::Flush(absl::Time now) {
+  std::vector<v1::Finding> out;
+  for (auto it = folds_.begin(); it != folds_.end();) {
+    Fold& fold = it->second;
+    if (fold.dirty) {
+      out.push_back(fold.finding);
+      fold.dirty = false;
+    }
+    if (now - fold.first >= options_.dedup_window) {
+      folds_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  return out;
+}
+
+}  // namespace tokenwatch::detect

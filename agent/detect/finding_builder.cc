@@ -1,0 +1,145 @@
+#include "agent/detect/finding_builder.h"
+
+#include <fcntl.h>
+#include <sys/sysmacros.h>
+#include <uuid/uuid.h>
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace tokenwatch::detect {
+
+google::protobuf::Timestamp ToTimestamp(absl::Time time) {
+  google::protobuf::Timestamp ts;
+  timespec spec = absl::ToTimespec(time);
+  ts.set_seconds(spec.tv_sec);
+  ts.set_nanos(static_cast<int32_t>(spec.tv_nsec));
+  return ts;
+}
+
+absl::Time FromTimestamp(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+std::string NewUuid() {
+  uuid_t uuid;
+  uuid_generate_random(uuid);
+  char text[37];
+  uuid_unparse_lower(uuid, text);
+  return text;
+}
+
+std::string OpenFlagsText(uint32_t flags) {
+  std::vector<std::string> names;
+  switch (flags & O_ACCMODE) {
+    case O_WRONLY:
+      names.push_back("O_WRONLY");
+      break;
+    case O_RDWR:
+      names.push_back("O_RDWR");
+      break;
+    default:
+      names.push_back("O_RDONLY");
+  }
+  const std::pair<uint32_t, const char*> bits[] = {
+      {O_CREAT, "O_CREAT"},         {O_EXCL, "O_EXCL"},         {O_NOCTTY, "O_NOCTTY"},
+      {O_TRUNC, "O_TRUNC"},         {O_APPEND, "O_APPEND"},     {O_NONBLOCK, "O_NONBLOCK"},
+      {O_DSYNC, "O_DSYNC"},         {O_DIRECT, "O_DIRECT"},     {O_LARGEFILE, "O_LARGEFILE"},
+      {O_DIRECTORY, "O_DIRECTORY"}, {O_NOFOLLOW, "O_NOFOLLOW"}, {O_NOATIME, "O_NOATIME"},
+      {O_CLOEXEC, "O_CLOEXEC"},     {O_PATH, "O_PATH"},
+  };
+  for (const auto& [bit, name] : bits) {
+    if ((flags & bit) == bit) names.push_back(name);
+  }
+  return absl::StrJoin(names, "|");
+}
+
+void FillToken(const tokens::TokenInfo& token, v1::Token* out) {
+  out->set_host_path(token.host_path);
+  switch (token.kind) {
+    case tokens::TokenKind::kProjected:
+      out->set_kind(v1::TOKEN_KIND_PROJECTED);
+      break;
+    case tokens::TokenKind::kSecret:
+      out->set_kind(v1::TOKEN_KIND_SECRET);
+      break;
+    case tokens::TokenKind::kConfigured:
+      out->set_kind(v1::TOKEN_KIND_CONFIGURED);
+      break;
+  }
+  v1::Pod* owner = out->mutable_owner();
+  owner->set_namespace_(token.claims.namespace_name);
+  owner->set_name(token.claims.pod_name);
+  owner->set_uid(!token.pod_uid.empty() ? token.pod_uid : token.claims.pod_uid);
+  out->set_service_account(token.claims.service_account);
+  if (token.claims.expiry.has_value()) {
+    *out->mutable_expiry() = ToTimestamp(*token.claims.expiry);
+  }
+  for (const std::string& aud : token.claims.audiences) out->add_audiences(aud);
+  out->set_device(absl::StrCat(token.id.dev >> 20, ":", token.id.dev & 0xfffff));
+  out->set_inode(token.id.ino);
+}
+
+void FillProcess(const std::string& node, const process::ProcessView& view,
+                 const tokens::TokenInfo* token, v1::Process* out) {
+  out->set_pid(view.pid);
+  out->set_ppid(view.ppid);
+  out->set_exec_id(process::ExecId(node, view));
+  out->set_exe(view.exe);
+  for (const std::string& arg : view.argv) out->add_argv(arg);
+  out->set_comm(view.comm);
+  out->set_uid(view.uid);
+  out->set_gid(view.gid);
+  if (view.start_time != absl::InfinitePast()) {
+    *out->mutable_start_time() = ToTimestamp(view.start_time);
+  }
+  out->set_cgroup(view.cgroup);
+  out->set_exec_session(view.exec_session);
+  if (view.container.has_value()) {
+    out->set_in_container(true);
+    out->set_container_id(view.container->container_id);
+    v1::Pod* pod = out->mutable_pod();
+    pod->set_uid(view.container->pod_uid);
+    // Without the Kubernetes API, a pod's name and namespace are known from
+    // its token's claims; the token at hand names its owner.
+    if (token != nullptr && token->pod_uid == view.container->pod_uid) {
+      pod->set_namespace_(token->claims.namespace_name);
+      pod->set_name(token->claims.pod_name);
+    }
+  }
+}
+
+v1::Finding BuildTokenReadFinding(const std::string& node, const std::string& hook_mode,
+                                  const TokenRead& read, const std::string& rule_id,
+                                  const std::string& rule_name, v1::Severity severity,
+                                  const std::string& summary) {
+  v1::Finding f;
+  f.set_id(NewUuid());
+  f.set_node(node);
+  *f.mutable_time() = ToTimestamp(read.time);
+  *f.mutable_last_seen() = ToTimestamp(read.time);
+  f.set_count(1);
+  f.set_rule_id(rule_id);
+  f.set_rule_name(rule_name);
+  f.set_severity(severity);
+  f.set_summary(summary);
+  f.add_mitre("T1528");
+  FillToken(read.token, f.mutable_token());
+  FillProcess(node, read.lineage.process, &read.token, f.mutable_process());
+  for (const process::ProcessView& ancestor : read.lineage.ancestors) {
+    FillProcess(node, ancestor, &read.token, f.add_ancestors());
+  }
+  f.set_ancestors_truncated(read.lineage.truncated);
+  v1::Access* access = f.mutable_access();
+  access->set_path(read.io_uring ? v1::ACCESS_PATH_IO_URING : v1::ACCESS_PATH_SYSCALL);
+  access->set_syscall(read.syscall);
+  access->set_flags(read.flags);
+  access->set_flags_text(OpenFlagsText(read.flags));
+  *access->mutable_time() = ToTimestamp(read.time);
+  f.set_hook_mode(hook_mode);
+  return f;
+}
+
+}  // namespace tokenwatch::detect

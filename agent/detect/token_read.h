@@ -1,0 +1,26 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+#include "agent/process/lineage.h"
+#include "agent/tokens/inventory.h"
+
+namespace tokenwatch::detect {
+
+// One open of an inventoried token, enriched: the detector's input.
+struct TokenRead {
+  absl::Time time;               // when the kernel saw the open
+  uint64_t kernel_ts_ns = 0;     // the same, on the boot clock (for latency)
+  tokens::TokenInfo token;       // which token
+  process::Lineage lineage;      // who read it, and their ancestors
+  std::string syscall;           // "openat", "openat2", ...
+  uint32_t flags = 0;            // O_* flags of the open
+  bool io_uring = false;
+  // The reader's container's entrypoint binary; "" for a host process or when
+  // it could not be found.
+  std::string entrypoint_exe;
+};
+
+}  // namespace tokenwatch::detect

@@ -1,0 +1,261 @@
+#include "agent/main/agent.h"
+
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "agent/common/log.h"
+#include "agent/detect/finding_builder.h"
+#include "agent/main/version.h"
+
+namespace tokenwatch::agent {
+namespace {
+
+tw_file_id ToKernelId(const tokens::FileId& id) { return tw_file_id{id.dev, id.ino}; }
+
+const char* SeverityLabel(v1::Severity s) {
+  switch (s) {
+    case v1::SEVERITY_LOW:
+      return "low";
+    case v1::SEVERITY_MEDIUM:
+      return "medium";
+    case v1::SEVERITY_HIGH:
+      return "high";
+    case v1::SEVERITY_CRITICAL:
+      return "critical";
+    default:
+      return "unspecified";
+  }
+}
+
+std::string KernelRelease() {
+  utsname u{};
+  if (uname(&u) != 0) return "unknown";
+  return u.release;
+}
+
+}  // namespace
+
+Agent::Agent(AgentConfig config) : config_(std::move(config)) {}
+
+Agent::~Agent() {
+  // Stop producers before consumers: the watcher feeds the probe's map.
+  if (watcher_ != nullptr) watcher_->Stop();
+  if (collector_ != nullptr) collector_->Stop();
+}
+
+absl::Status Agent::EnsureStateDir() {
+  if (mkdir(config_.state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--state-dir ", config_.state_dir, ": ", std::strerror(errno)));
+  }
+  // The agent id names this installation to the collector across restarts.
+  std::string path = absl::StrCat(config_.state_dir, "/agent-id");
+  std::ifstream in(path);
+  std::string id;
+  if (in && std::getline(in, id) && !absl::StripAsciiWhitespace(id).empty()) {
+    agent_id_ = std::string(absl::StripAsciiWhitespace(id));
+    return absl::OkStatus();
+  }
+  agent_id_ = detect::NewUuid();
+  std::ofstream out(path, std::ios::trunc);
+  out << agent_id_ << "\n";
+  if (!out) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--state-dir ", config_.state_dir, ": cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Agent::Init() {
+  if (config_.log_level == "debug") SetLogLevel(LogLevel::kDebug);
+  if (config_.log_level == "warning") SetLogLevel(LogLevel::kWarning);
+  if (config_.log_level == "error") SetLogLevel(LogLevel::kError);
+
+  // Hook choice is made before anything is attached. Only the syscall
+  // tracepoints exist in this build; the stronger hooks are issue #9.
+  if (config_.hook_mode != "auto" && config_.hook_mode != "tracepoint") {
+    return absl::UnimplementedError(absl::StrCat(
+        "--hook-mode ", config_.hook_mode,
+        ": not available in this build (use auto or tracepoint)"));
+  }
+  hook_mode_ = "tracepoint";
+
+  if (absl::Status s = EnsureStateDir(); !s.ok()) return s;
+
+  metrics_ = std::make_unique<metrics::AgentMetrics>(kVersion, kGitCommit, KernelRelease());
+  metrics_->SetHookMode(hook_mode_);
+
+  probes::TokenOpenProbe::Options probe_options;
+  probe_options.self_tgid = static_cast<uint32_t>(getpid());
+  if (const char* btf = std::getenv("TOKENWATCH_BTF_PATH"); btf != nullptr) {
+    probe_options.btf_path = btf;
+  }
+  auto probe = probes::TokenOpenProbe::Create(probe_options);
+  if (!probe.ok()) return probe.status();
+  probe_ = *std::move(probe);
+  for (const std::string& name : probe_->attached()) metrics_->SetProbeAttached(name, true);
+  health_.SetProbesAttached(true);
+
+  auto cgroups = k8s::CgroupResolver::Create();
+  if (!cgroups.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cgroup v2 hierarchy: ", cgroups.status().message()));
+  }
+  cgroups_ = *std::move(cgroups);
+  auto mount = k8s::FindCgroup2Mount();
+  entrypoints_ = std::make_unique<process::EntrypointResolver>(mount.ok() ? *mount : "", &proc_);
+  lineage_ = std::make_unique<process::LineageBuilder>(process::LineageBuilder::Options{},
+                                                       &proc_, cgroups_.get(), &clock_);
+
+  detect::DetectorOptions detector_options;
+  detector_options.node = config_.node_name;
+  detector_options.hook_mode = hook_mode_;
+  detector_options.dedup_window = config_.dedup_window;
+  if (!config_.host_allowed_executables.empty()) {
+    detector_options.host_allowed_exes = config_.host_allowed_executables;
+  }
+  detector_ = std::make_unique<detect::Detector>(detector_options);
+
+  auto json = exporting::JsonLinesWriter::Open(config_.findings_out);
+  if (!json.ok()) return json.status();
+  json_ = *std::move(json);
+  if (!config_.collector.empty()) {
+    exporting::CollectorClient::Options options;
+    options.address = config_.collector;
+    options.node = config_.node_name;
+    options.agent_id = agent_id_;
+    options.version = kVersion;
+    collector_ = std::make_unique<exporting::CollectorClient>(options);
+    collector_->Start();
+  }
+
+  auto http = metrics::HttpServer::Start(config_.metrics_address, metrics_->registry(), &health_);
+  if (!http.ok()) return http.status();
+  http_ = *std::move(http);
+
+  // The first inventory is loaded into the kernel map before we say ready.
+  tokens::TokenInventory::Options inventory_options;
+  inventory_options.kubelet_root = config_.kubelet_root;
+  inventory_options.extra_paths = config_.extra_token_paths;
+  inventory_ = std::make_unique<tokens::TokenInventory>(inventory_options);
+  ApplyInventoryDelta(inventory_->Rescan());
+  auto watcher = tokens::InventoryWatcher::Start(
+      inventory_.get(), [this](const tokens::InventoryDelta& d) { ApplyInventoryDelta(d); },
+      config_.rescan_interval);
+  if (!watcher.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("watch ", config_.kubelet_root, ": ", watcher.status().message()));
+  }
+  watcher_ = *std::move(watcher);
+  health_.SetInventoryLoaded(true);
+  health_.Heartbeat();
+
+  Logf(LogLevel::kInfo,
+       "tokenwatch-agent %s on node %s: hook mode %s (%s), %d tokens watched under %s, "
+       "metrics on %s, findings to %s%s",
+       kVersion, config_.node_name, hook_mode_, absl::StrJoin(probe_->attached(), ", "),
+       inventory_->Snapshot().size(), config_.kubelet_root, config_.metrics_address,
+       config_.findings_out,
+       config_.collector.empty() ? "" : absl::StrCat(" and collector ", config_.collector));
+  return absl::OkStatus();
+}
+
+void Agent::ApplyInventoryDelta(const tokens::InventoryDelta& delta) {
+  absl::MutexLock lock(&watch_mu_);
+  // A rotated token's new inode is watched before the old one is dropped.
+  for (const tokens::TokenInfo& token : delta.added) {
+    if (absl::Status s = probe_->Watch(ToKernelId(token.id)); !s.ok()) {
+      Logf(LogLevel::kWarning, "%s", s.message());
+      metrics_->ProcessingError("watch");
+      continue;
+    }
+    Logf(LogLevel::kInfo, "watching token %s (pod %s/%s, service account %s)", token.host_path,
+         token.claims.namespace_name, token.claims.pod_name, token.claims.service_account);
+  }
+  for (const tokens::TokenInfo& token : delta.removed) {
+    if (absl::Status s = probe_->Unwatch(ToKernelId(token.id)); !s.ok()) {
+      Logf(LogLevel::kWarning, "%s", s.message());
+    }
+    Logf(LogLevel::kInfo, "no longer watching %s", token.host_path);
+  }
+  tokens::InventoryStats stats = inventory_->stats();
+  metrics_->SetTokensWatched(static_cast<double>(stats.tokens));
+  metrics_->SetInventoryErrors("malformed", stats.malformed);
+  metrics_->SetInventoryErrors("unreadable", stats.unreadable);
+}
+
+void Agent::OnTokenOpen(const tw_token_open& event) {
+  metrics_->KernelRecord("token_open");
+  std::optional<tokens::TokenInfo> token = inventory_->Lookup(tokens::FileId{event.file.dev, event.file.ino});
+  if (!token.has_value()) {
+    // The token left the inventory between the open and now (pod deleted).
+    metrics_->ProcessingError("token_lookup");
+    return;
+  }
+  detect::TokenRead read;
+  read.kernel_ts_ns = event.hdr.ts_ns;
+  read.time = clock_.ToTime(event.hdr.ts_ns);
+  read.token = *std::move(token);
+  read.lineage = lineage_->FromTokenOpen(event);
+  read.syscall = probes::OpenSyscallName(event.syscall);
+  read.flags = event.flags;
+  if (!read.lineage.process.cgroup.empty() && read.lineage.process.container.has_value()) {
+    read.entrypoint_exe = entrypoints_->EntrypointExe(read.lineage.process.cgroup);
+  }
+  for (const v1::Finding& finding : detector_->OnTokenRead(read)) {
+    metrics_->Finding(finding.rule_id(), SeverityLabel(finding.severity()));
+    Logf(LogLevel::kInfo, "finding %s %s %s: %s", finding.rule_id(),
+         SeverityLabel(finding.severity()), finding.id(), finding.summary());
+    Export(finding);
+  }
+}
+
+void Agent::Export(const v1::Finding& finding) {
+  if (absl::Status s = json_->Write(finding); !s.ok()) {
+    Logf(LogLevel::kWarning, "%s", s.message());
+    metrics_->ProcessingError("json_lines");
+  }
+  if (collector_ != nullptr) collector_->Enqueue(finding);
+}
+
+void Agent::Housekeeping() {
+  for (const v1::Finding& finding : detector_->Flush(absl::Now())) Export(finding);
+  metrics_->SetFolded(detector_->folded());
+  auto stats = probe_->ReadStats();
+  metrics_->KernelDrops("ring_full", stats[TW_STAT_RING_FULL]);
+  if (collector_ != nullptr) {
+    exporting::CollectorClient::Stats s = collector_->stats();
+    metrics_->SetExport(s.queue_depth, s.sent, s.acked, s.send_failures, s.dropped, s.connected);
+  }
+}
+
+void Agent::Run() {
+  const probes::TokenOpenProbe::Handler handler = [this](const tw_token_open& event) {
+    OnTokenOpen(event);
+  };
+  absl::Time next_housekeeping = absl::Now();
+  while (!stop_) {
+    auto polled = probe_->Poll(absl::Milliseconds(100), handler);
+    if (!polled.ok()) {
+      Logf(LogLevel::kError, "%s", polled.status().message());
+      metrics_->ProcessingError("ring");
+    }
+    health_.Heartbeat();
+    if (absl::Now() >= next_housekeeping) {
+      Housekeeping();
+      next_housekeeping = absl::Now() + absl::Seconds(1);
+    }
+  }
+  Housekeeping();
+  Logf(LogLevel::kInfo, "stopping");
+}
+
+}  // namespace tokenwatch::agent

@@ -1,0 +1,307 @@
+#include "agent/main/config.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <functional>
+#include <map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "yaml-cpp/yaml.h"
+
+namespace tokenwatch::agent {
+namespace {
+
+// One setting: its flag/key, whether it is a list, and how a text value
+// lands in the config. Flags and file keys share this table so that the two
+// can never disagree.
+struct Setting {
+  const char* flag;  // without the leading "--"
+  bool repeated;
+  bool file_only;
+  std::function<absl::Status(const std::string&, AgentConfig*)> set;
+};
+
+absl::Status CheckHostPort(const std::string& value) {
+  size_t colon = value.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(value.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", value, "' is not HOST:PORT"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetDuration(const std::string& value, absl::Duration* out) {
+  absl::Duration d;
+  if (!absl::ParseDuration(value, &d) || d < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", value, "' is not a duration such as 500ms, 30s or 10m"));
+  }
+  *out = d;
+  return absl::OkStatus();
+}
+
+absl::Status NonEmpty(const std::string& value) {
+  if (value.empty()) return absl::InvalidArgumentError("must not be empty");
+  return absl::OkStatus();
+}
+
+const std::vector<Setting>& Settings() {
+  static const std::vector<Setting> kSettings = {
+      {"kubelet-root", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->kubelet_root = v;
+         return NonEmpty(v);
+       }},
+      {"node-name", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->node_name = v;
+         return NonEmpty(v);
+       }},
+      {"collector", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->collector = v;
+         return v.empty() ? absl::OkStatus() : CheckHostPort(v);
+       }},
+      {"findings-out", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->findings_out = v;
+         return NonEmpty(v);
+       }},
+      {"metrics-address", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->metrics_address = v;
+         return CheckHostPort(v);
+       }},
+      {"apiserver", true, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->apiservers.push_back(v);
+         return CheckHostPort(v);
+       }},
+      {"state-dir", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->state_dir = v;
+         return NonEmpty(v);
+       }},
+      {"hook-mode", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->hook_mode = v;
+         for (const char* mode : {"auto", "lsm", "fentry", "fanotify", "tracepoint"}) {
+           if (v == mode) return absl::OkStatus();
+         }
+         return absl::InvalidArgumentError(
+             absl::StrCat("'", v, "' is not one of auto, lsm, fentry, fanotify, tracepoint"));
+       }},
+      {"log-level", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->log_level = v;
+         for (const char* level : {"debug", "info", "warning", "error"}) {
+           if (v == level) return absl::OkStatus();
+         }
+         return absl::InvalidArgumentError(
+             absl::StrCat("'", v, "' is not one of debug, info, warning, error"));
+       }},
+      {"dedup-window", false, true,
+       [](const std::string& v, AgentConfig* c) { return SetDuration(v, &c->dedup_window); }},
+      {"rescan-interval", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         absl::Status s = SetDuration(v, &c->rescan_interval);
+         if (s.ok() && c->rescan_interval < absl::Seconds(1)) {
+           return absl::InvalidArgumentError("must be at least 1s");
+         }
+         return s;
+       }},
+      {"extra-token-paths", true, true,
+       [](const std::string& v, AgentConfig* c) {
+         c->extra_token_paths.push_back(v);
+         return NonEmpty(v);
+       }},
+      {"host-allowed-executables", true, true,
+       [](const std::string& v, AgentConfig* c) {
+         c->host_allowed_executables.push_back(v);
+         return NonEmpty(v);
+       }},
+  };
+  return kSettings;
+}
+
+std::string KeyOf(const char* flag) {
+  std::string key = flag;
+  for (char& ch : key) {
+    if (ch == '-') ch = '_';
+  }
+  return key;
+}
+
+const Setting* FindFlag(absl::string_view flag) {
+  for (const Setting& s : Settings()) {
+    if (!s.file_only && flag == s.flag) return &s;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+std::string AgentUsage() {
+  return R"(Usage: tokenwatch-agent [FLAGS]
+
+Watches every open of a Kubernetes service-account token on this node and
+reports unexpected readers. Works with no flags on a standard node.
+
+  --config FILE             YAML file with any of the settings below (keys use _)
+  --kubelet-root DIR        kubelet root directory (default /var/lib/kubelet)
+  --node-name NAME          node name (default $NODE_NAME, else the host name)
+  --collector HOST:PORT     stream findings to this collector (default: none)
+  --findings-out PATH|-     JSON lines output, one finding a line (default -)
+  --metrics-address H:P     /metrics, /healthz, /readyz (default 0.0.0.0:9750)
+  --apiserver HOST:PORT     an API server address to watch (repeatable)
+  --state-dir DIR           agent state (default /var/lib/tokenwatch)
+  --hook-mode MODE          auto|lsm|fentry|fanotify|tracepoint (default auto)
+  --log-level LEVEL         debug|info|warning|error (default info)
+  --version                 print the version and exit
+)";
+}
+
+absl::Status LoadAgentConfigFile(const std::string& path, AgentConfig* config) {
+  YAML::Node root;
+  // yaml-cpp reports parse errors by throwing; this is the boundary where
+  // they become a Status naming the file and line.
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return absl::InvalidArgumentError(absl::StrCat("config ", path, ": cannot read the file"));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, ":", e.mark.line + 1, ": ", e.msg));
+  }
+  if (root.IsNull()) return absl::OkStatus();
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, ":", root.Mark().line + 1, ": expected a mapping of keys"));
+  }
+  for (const auto& entry : root) {
+    int line = entry.first.Mark().line + 1;
+    std::string key = entry.first.Scalar();
+    auto where = [&](int at) { return absl::StrCat("config ", path, ":", at, ": key '", key, "': "); };
+    const Setting* setting = nullptr;
+    for (const Setting& s : Settings()) {
+      if (KeyOf(s.flag) == key) setting = &s;
+    }
+    if (setting == nullptr) {
+      std::vector<std::string> keys;
+      for (const Setting& s : Settings()) keys.push_back(KeyOf(s.flag));
+      return absl::InvalidArgumentError(absl::StrCat("config ", path, ":", line, ": unknown key '",
+                                                     key, "' (known: ", absl::StrJoin(keys, ", "),
+                                                     ")"));
+    }
+    const YAML::Node& value = entry.second;
+    std::vector<std::pair<std::string, int>> values;
+    if (setting->repeated) {
+      if (value.IsScalar()) {
+        values.emplace_back(value.Scalar(), value.Mark().line + 1);
+      } else if (value.IsSequence()) {
+        for (const auto& item : value) {
+          if (!item.IsScalar()) {
+            return absl::InvalidArgumentError(absl::StrCat(where(item.Mark().line + 1),
+                                                           "expected a list of strings"));
+          }
+          values.emplace_back(item.Scalar(), item.Mark().line + 1);
+        }
+      } else if (!value.IsNull()) {
+        return absl::InvalidArgumentError(absl::StrCat(where(line), "expected a list of strings"));
+      }
+    } else {
+      if (!value.IsScalar()) {
+        return absl::InvalidArgumentError(absl::StrCat(where(line), "expected a single value"));
+      }
+      values.emplace_back(value.Scalar(), value.Mark().line + 1);
+    }
+    for (const auto& [text, at] : values) {
+      absl::Status status = setting->set(text, config);
+      if (!status.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(where(at), status.message()));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AgentConfig> ParseAgentCommandLine(const std::vector<std::string>& args,
+                                                  bool* help, bool* version) {
+  *help = false;
+  *version = false;
+  // First pass: split into (flag, value) pairs and find --config.
+  std::vector<std::pair<std::string, std::string>> flags;
+  std::string config_file;
+  for (size_t i = 0; i < args.size(); ++i) {
+    absl::string_view arg = args[i];
+    if (arg == "--help" || arg == "-h") {
+      *help = true;
+      continue;
+    }
+    if (arg == "--version") {
+      *version = true;
+      continue;
+    }
+    if (!absl::ConsumePrefix(&arg, "--")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unexpected argument '", arg, "' (flags start with --; see --help)"));
+    }
+    std::string name, value;
+    size_t eq = arg.find('=');
+    if (eq != absl::string_view::npos) {
+      name = std::string(arg.substr(0, eq));
+      value = std::string(arg.substr(eq + 1));
+    } else {
+      name = std::string(arg);
+      if (name != "config" && FindFlag(name) == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, " (see --help)"));
+      }
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+      }
+      value = args[++i];
+    }
+    if (name == "config") {
+      config_file = value;
+      continue;
+    }
+    if (FindFlag(name) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, " (see --help)"));
+    }
+    flags.emplace_back(name, value);
+  }
+
+  AgentConfig config;
+  if (const char* node = std::getenv("NODE_NAME"); node != nullptr && *node != '\0') {
+    config.node_name = node;
+  } else {
+    char host[256] = {};
+    if (gethostname(host, sizeof(host) - 1) == 0) config.node_name = host;
+  }
+  if (!config_file.empty()) {
+    config.config_file = config_file;
+    if (absl::Status s = LoadAgentConfigFile(config_file, &config); !s.ok()) return s;
+  }
+  // A repeated flag on the command line replaces the file's list.
+  bool apiservers_from_flags = false;
+  for (const auto& [name, value] : flags) {
+    const Setting* setting = FindFlag(name);
+    if (name == "apiserver" && !apiservers_from_flags) {
+      config.apiservers.clear();
+      apiservers_from_flags = true;
+    }
+    absl::Status status = setting->set(value, &config);
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, ": ", status.message()));
+    }
+  }
+  return config;
+}
+
+}  // namespace tokenwatch::agent

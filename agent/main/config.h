@@ -1,0 +1,45 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace tokenwatch::agent {
+
+// Everything the agent can be told. Each flag has a config-file key of the
+// same name with underscores (--kubelet-root <-> kubelet_root); the command
+// line wins over the file, the file over the defaults.
+struct AgentConfig {
+  std::string config_file;
+  std::string kubelet_root = "/var/lib/kubelet";
+  std::string node_name;  // default: $NODE_NAME, else the host name
+  std::string collector;  // HOST:PORT; empty: local output only
+  std::string findings_out = "-";
+  std::string metrics_address = "0.0.0.0:9750";
+  std::vector<std::string> apiservers;
+  std::string state_dir = "/var/lib/tokenwatch";
+  std::string hook_mode = "auto";
+  std::string log_level = "info";
+  // Config file only.
+  absl::Duration dedup_window = absl::Minutes(10);
+  absl::Duration rescan_interval = absl::Seconds(30);
+  std::vector<std::string> extra_token_paths;
+  std::vector<std::string> host_allowed_executables;  // empty: the built-in list
+};
+
+// Parses the command line (and the --config file it names). On a bad flag or
+// config the status message is one line naming the file, the key or flag and
+// the problem. `help` is set when --help was asked for.
+absl::StatusOr<AgentConfig> ParseAgentCommandLine(const std::vector<std::string>& args,
+                                                  bool* help, bool* version);
+
+// Reads a YAML config file into `config` (keys absent from the file keep
+// their values).
+absl::Status LoadAgentConfigFile(const std::string& path, AgentConfig* config);
+
+// The --help text.
+std::string AgentUsage();
+
+}  // namespace tokenwatch::agent

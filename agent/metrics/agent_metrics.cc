@@ -1,0 +1,114 @@
+#include "agent/metrics/agent_metrics.h"
+
+namespace tokenwatch::metrics {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+
+AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_commit,
+                           const std::string& kernel_release)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      records_(BuildCounter()
+                   .Name("tokenwatch_kernel_records_total")
+                   .Help("Records received from the kernel, by type.")
+                   .Register(*registry_)),
+      drops_(BuildCounter()
+                 .Name("tokenwatch_kernel_drops_total")
+                 .Help("Events the kernel side lost, by reason (ring_full).")
+                 .Register(*registry_)),
+      findings_(BuildCounter()
+                    .Name("tokenwatch_findings_total")
+                    .Help("Findings raised, by rule and severity (folded repeats not counted).")
+                    .Register(*registry_)),
+      folded_(&BuildCounter()
+                   .Name("tokenwatch_findings_folded_total")
+                   .Help("Events folded into an earlier identical finding.")
+                   .Register(*registry_)
+                   .Add({})),
+      tokens_watched_(&BuildGauge()
+                           .Name("tokenwatch_tokens_watched")
+                           .Help("Token files in the inventory and in the kernel's tokens map.")
+                           .Register(*registry_)
+                           .Add({})),
+      inventory_errors_(BuildCounter()
+                            .Name("tokenwatch_inventory_errors_total")
+                            .Help("Token candidates skipped, by reason (malformed, unreadable).")
+                            .Register(*registry_)),
+      hook_mode_(BuildGauge()
+                     .Name("tokenwatch_hook_mode_info")
+                     .Help("The hook mode in use (label mode), value 1.")
+                     .Register(*registry_)),
+      probe_attached_(BuildGauge()
+                          .Name("tokenwatch_probe_attached")
+                          .Help("1 when the probe is attached, by probe.")
+                          .Register(*registry_)),
+      queue_depth_(&BuildGauge()
+                        .Name("tokenwatch_export_queue_depth")
+                        .Help("Findings waiting for the collector's ack.")
+                        .Register(*registry_)
+                        .Add({})),
+      sent_(&BuildCounter()
+                 .Name("tokenwatch_export_sent_total")
+                 .Help("Findings sent to the collector (re-sends included).")
+                 .Register(*registry_)
+                 .Add({})),
+      acked_(&BuildCounter()
+                  .Name("tokenwatch_export_acked_total")
+                  .Help("Findings the collector acked as stored.")
+                  .Register(*registry_)
+                  .Add({})),
+      send_failures_(&BuildCounter()
+                          .Name("tokenwatch_export_send_failures_total")
+                          .Help("Collector streams that broke or could not be opened.")
+                          .Register(*registry_)
+                          .Add({})),
+      export_dropped_(&BuildCounter()
+                           .Name("tokenwatch_export_dropped_total")
+                           .Help("Findings dropped unacked because the export queue was full.")
+                           .Register(*registry_)
+                           .Add({})),
+      connected_(&BuildGauge()
+                      .Name("tokenwatch_collector_connected")
+                      .Help("1 while a stream to the collector is open.")
+                      .Register(*registry_)
+                      .Add({})),
+      errors_(BuildCounter()
+                  .Name("tokenwatch_processing_errors_total")
+                  .Help("Events the agent could not process, by stage.")
+                  .Register(*registry_)) {
+  BuildGauge()
+      .Name("tokenwatch_build_info")
+      .Help("Build and kernel of this agent (labels), value 1.")
+      .Register(*registry_)
+      .Add({{"version", version}, {"git_commit", git_commit}, {"kernel_release", kernel_release}})
+      .Set(1);
+}
+
+void AgentMetrics::RaiseTo(prometheus::Counter& c, uint64_t value) {
+  double current = c.Value();
+  if (static_cast<double>(value) > current) c.Increment(static_cast<double>(value) - current);
+}
+
+void AgentMetrics::KernelDrops(const std::string& reason, uint64_t value) {
+  RaiseTo(drops_.Add({{"reason", reason}}), value);
+}
+
+void AgentMetrics::SetFolded(uint64_t value) { RaiseTo(*folded_, value); }
+
+void AgentMetrics::SetInventoryErrors(const std::string& reason, uint64_t value) {
+  RaiseTo(inventory_errors_.Add({{"reason", reason}}), value);
+}
+
+void AgentMetrics::SetHookMode(const std::string& mode) { hook_mode_.Add({{"mode", mode}}).Set(1); }
+
+void AgentMetrics::SetExport(uint64_t queue_depth, uint64_t sent, uint64_t acked,
+                             uint64_t failures, uint64_t dropped, bool connected) {
+  queue_depth_->Set(static_cast<double>(queue_depth));
+  RaiseTo(*sent_, sent);
+  RaiseTo(*acked_, acked);
+  RaiseTo(*send_failures_, failures);
+  RaiseTo(*export_dropped_, dropped);
+  connected_->Set(connected ? 1 : 0);
+}
+
+}  // namespace tokenwatch::metrics

@@ -1,0 +1,69 @@
+#pragma once
+
+#include <array>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/registry.h"
+
+namespace tokenwatch::metrics {
+
+// The agent's metrics, all prefixed tokenwatch_ and listed in the README.
+// Labels are bounded: rule ids, severities, reasons, probe names, never a
+// pid, path or pod. Thread-safe (prometheus-cpp's metrics are atomic; the
+// label maps are filled under a lock).
+class AgentMetrics {
+ public:
+  AgentMetrics(const std::string& version, const std::string& git_commit,
+               const std::string& kernel_release);
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  void KernelRecord(const std::string& type) { records_.Add({{"type", type}}).Increment(); }
+  // Sets a counter that mirrors a monotonic kernel counter to `value`.
+  void KernelDrops(const std::string& reason, uint64_t value);
+  void Finding(const std::string& rule, const std::string& severity) {
+    findings_.Add({{"rule", rule}, {"severity", severity}}).Increment();
+  }
+  void SetFolded(uint64_t value);
+  void SetTokensWatched(double n) { tokens_watched_->Set(n); }
+  void SetInventoryErrors(const std::string& reason, uint64_t value);
+  void SetHookMode(const std::string& mode);
+  void SetProbeAttached(const std::string& probe, bool attached) {
+    probe_attached_.Add({{"probe", probe}}).Set(attached ? 1 : 0);
+  }
+  void SetExport(uint64_t queue_depth, uint64_t sent, uint64_t acked, uint64_t failures,
+                 uint64_t dropped, bool connected);
+  void ProcessingError(const std::string& stage) {
+    errors_.Add({{"stage", stage}}).Increment();
+  }
+
+ private:
+  // Raises counter `c` to `value` (mirrors of monotonic counters kept elsewhere).
+  static void RaiseTo(prometheus::Counter& c, uint64_t value);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& records_;
+  prometheus::Family<prometheus::Counter>& drops_;
+  prometheus::Family<prometheus::Counter>& findings_;
+  prometheus::Counter* folded_;
+  prometheus::Gauge* tokens_watched_;
+  prometheus::Family<prometheus::Counter>& inventory_errors_;
+  prometheus::Family<prometheus::Gauge>& hook_mode_;
+  prometheus::Family<prometheus::Gauge>& probe_attached_;
+  prometheus::Gauge* queue_depth_;
+  prometheus::Counter* sent_;
+  prometheus::Counter* acked_;
+  prometheus::Counter* send_failures_;
+  prometheus::Counter* export_dropped_;
+  prometheus::Gauge* connected_;
+  prometheus::Family<prometheus::Counter>& errors_;
+};
+
+}  // namespace tokenwatch::metrics

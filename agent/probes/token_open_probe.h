@@ -1,0 +1,83 @@
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "tokenwatch/token_open.h"
+
+struct token_open_bpf;
+struct ring_buffer;
+struct bpf_link;
+
+namespace tokenwatch::probes {
+
+// Owns the token_open BPF skeleton: the programs on the open syscalls' exit
+// tracepoints, the `tokens` map of watched (dev, ino) and the `events` ring.
+//
+// Threading: Poll() runs on one thread (the event thread). Watch(), Unwatch()
+// and ReadStats() are single bpf(2) calls on map fds and may run on any thread.
+class TokenOpenProbe {
+ public:
+  struct Options {
+    // Records from this process are dropped in the kernel (the agent itself
+    // reads every token while it builds its inventory).
+    uint32_t self_tgid = 0;
+    // Kernel BTF to use instead of /sys/kernel/btf/vmlinux ("" = that one).
+    std::string btf_path;
+    // Ring buffer size in bytes (a power of two, at least one page).
+    uint32_t ring_bytes = 1u << 20;
+    // Capacity of the tokens map.
+    uint32_t max_tokens = 65536;
+  };
+
+  using Handler = std::function<void(const tw_token_open&)>;
+
+  // Checks the kernel (BTF, BPF permission), loads and attaches. Errors say
+  // what is missing in one line, e.g. "load token_open.bpf.o: Operation not
+  // permitted (needs root, or CAP_BPF and CAP_PERFMON)".
+  static absl::StatusOr<std::unique_ptr<TokenOpenProbe>> Create(const Options& options);
+
+  ~TokenOpenProbe();
+  TokenOpenProbe(const TokenOpenProbe&) = delete;
+  TokenOpenProbe& operator=(const TokenOpenProbe&) = delete;
+
+  absl::Status Watch(const tw_file_id& id);
+  absl::Status Unwatch(const tw_file_id& id);
+  // Number of entries in the tokens map, counted by walking its keys.
+  absl::StatusOr<size_t> WatchedCount() const;
+
+  // Waits up to `timeout` for records and hands each, copied out of the ring,
+  // to `handler`. The kernel wakes us only for batches, so this also drains
+  // whatever arrived when the wait times out. Returns the records handled.
+  absl::StatusOr<int> Poll(absl::Duration timeout, const Handler& handler);
+
+  // Per-CPU counters summed, indexed by enum tw_stat.
+  std::array<uint64_t, TW_STAT_MAX> ReadStats() const;
+
+  // The tracepoints attached, e.g. "syscalls/sys_exit_openat".
+  const std::vector<std::string>& attached() const { return attached_; }
+
+ private:
+  TokenOpenProbe() = default;
+  static int OnSample(void* ctx, void* data, size_t size);
+
+  token_open_bpf* skel_ = nullptr;
+  ring_buffer* ring_ = nullptr;
+  std::vector<bpf_link*> links_;
+  std::vector<std::string> attached_;
+  const Handler* handler_ = nullptr;  // set for the duration of Poll()
+  int handled_ = 0;
+  uint64_t short_records_ = 0;
+};
+
+// Name of the syscall for enum tw_open_syscall, e.g. "openat2".
+const char* OpenSyscallName(uint32_t syscall);
+
+}  // namespace tokenwatch::probes

@@ -1,0 +1,33 @@
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "agent/k8s/cgroup.h"
+
+namespace tokenwatch::process {
+
+// What the agent knows of one process at the moment of an event.
+struct ProcessView {
+  uint32_t pid = 0;
+  uint32_t ppid = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  // Boot-clock start in ns; with pid, the process's identity.
+  uint64_t start_boottime_ns = 0;
+  absl::Time start_time = absl::InfinitePast();
+  std::string exe;   // full path when known, else the kernel-captured name
+  std::string comm;
+  std::vector<std::string> argv;  // already redacted
+  std::string cgroup;             // cgroup v2 path, "" when unknown
+  std::optional<k8s::ContainerRef> container;  // nullopt: a host process
+  bool exec_session = false;
+};
+
+// "<node>:<start boottime ns>:<pid>": unique across nodes and time.
+std::string ExecId(const std::string& node, const ProcessView& process);
+
+}  // namespace tokenwatch::process
