@@ -1,0 +1,64 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "absl/status/statusor.h"
+#include "collector/store.h"
+#include "tokenwatch/v1/collector.grpc.pb.h"
+
+namespace tokenwatch::collector {
+
+// The largest request the collector accepts. A finding is bounded by validation (4 KiB strings,
+// 256 argv entries, 64 ancestors, 1024 connections) to well under this.
+inline constexpr int kMaxReceiveMessageBytes = 4 * 1024 * 1024;
+
+// The callback service with Report taking raw bytes: a typed callback reader cannot tell a
+// request that failed to parse from the client's half-close (both end the read with ok=false),
+// so the Report reactor parses each message itself and answers garbage with INVALID_ARGUMENT
+// instead of a clean end of stream.
+using CollectorCallbackBase = tokenwatch::v1::Collector::WithRawCallbackMethod_Report<
+    tokenwatch::v1::Collector::WithCallbackMethod_ListFindings<
+        tokenwatch::v1::Collector::WithCallbackMethod_GetFinding<
+            tokenwatch::v1::Collector::Service>>>;
+
+// CollectorService implements tokenwatch.v1.Collector with the callback API: a bidi reactor per
+// Report stream, the default unary reactor for queries. It does not own the store.
+//
+// Threading: gRPC runs the reactions on its own threads, concurrently across streams and for
+// reads and writes of one stream; each Report reactor serialises its state with its own mutex
+// and the store is thread-safe.
+class CollectorService final : public CollectorCallbackBase {
+ public:
+  explicit CollectorService(FindingStore* store) : store_(store) {}
+
+  // Each message is a serialized ReportRequest; each answer a serialized ReportResponse.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Report(
+      grpc::CallbackServerContext* context) override;
+
+  grpc::ServerUnaryReactor* ListFindings(grpc::CallbackServerContext* context,
+                                         const tokenwatch::v1::ListFindingsRequest* request,
+                                         tokenwatch::v1::ListFindingsResponse* response) override;
+
+  grpc::ServerUnaryReactor* GetFinding(grpc::CallbackServerContext* context,
+                                       const tokenwatch::v1::GetFindingRequest* request,
+                                       tokenwatch::v1::Finding* response) override;
+
+ private:
+  FindingStore* const store_;
+};
+
+// A started gRPC server and the port it bound.
+struct RunningServer {
+  std::unique_ptr<grpc::Server> server;
+  // The real port, also when `listen` asked for port 0.
+  int port = 0;
+};
+
+// Builds and starts a server for `service` on `listen` ("HOST:PORT", IPv6 hosts in brackets),
+// with the receive size limit above. Fails when the address cannot be bound.
+absl::StatusOr<RunningServer> StartServer(const std::string& listen, CollectorService* service);
+
+}  // namespace tokenwatch::collector

@@ -1,0 +1,86 @@
+#pragma once
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "tokenwatch/v1/finding.pb.h"
+
+namespace tokenwatch::collector {
+
+// Filters for FindingStore::List. Empty or default fields do not filter.
+struct FindingQuery {
+  // Only findings whose last_seen is at or after this time.
+  absl::Time since = absl::InfinitePast();
+  // Only findings at least this severe.
+  tokenwatch::v1::Severity min_severity = tokenwatch::v1::SEVERITY_UNSPECIFIED;
+  // Exact rule id, e.g. "TW002".
+  std::string rule_id;
+  // Matches the token owner's namespace or the actor pod's namespace.
+  std::string namespace_name;
+  // Exact node name.
+  std::string node;
+  // At most this many rows; 0 means kDefaultListLimit, larger than kMaxListLimit is capped.
+  uint32_t limit = 0;
+};
+
+// FindingStore owns the collector's SQLite database: one table of findings keyed by id, with
+// the columns the queries filter on and the whole Finding as a serialized proto.
+//
+// Threading: every method is safe to call from any thread. Writes go through one connection
+// under write_mu_; reads use a second connection under read_mu_, so in WAL mode a query never
+// waits for a commit's fsync.
+//
+// Durability: the database runs in WAL mode with synchronous=FULL. The collector acks a finding
+// to the agent once Upsert returns, and the agent then deletes it from its spool, so a
+// committed transaction must survive a power cut; synchronous=NORMAL in WAL mode may lose the
+// last commits on power loss, which would silently drop acked findings. Callers batch several
+// findings per Upsert to pay one fsync for many.
+class FindingStore {
+ public:
+  static constexpr uint32_t kDefaultListLimit = 100;
+  static constexpr uint32_t kMaxListLimit = 10000;
+
+  // Opens (creating if needed) the database at `path`, sets WAL mode and the schema.
+  static absl::StatusOr<std::unique_ptr<FindingStore>> Open(const std::string& path);
+
+  ~FindingStore();
+  FindingStore(const FindingStore&) = delete;
+  FindingStore& operator=(const FindingStore&) = delete;
+
+  // Stores the findings in one transaction. A finding whose id is already stored is replaced
+  // only when it carries a higher count or a later last_seen (a fold that grew); re-sending the
+  // same finding changes nothing. Findings must already be validated (see validate.h).
+  absl::Status Upsert(const std::vector<const tokenwatch::v1::Finding*>& findings)
+      ABSL_LOCKS_EXCLUDED(write_mu_);
+  absl::Status Upsert(const tokenwatch::v1::Finding& finding) ABSL_LOCKS_EXCLUDED(write_mu_);
+
+  // Matching findings, newest (by last_seen) first.
+  absl::StatusOr<std::vector<tokenwatch::v1::Finding>> List(const FindingQuery& query)
+      ABSL_LOCKS_EXCLUDED(read_mu_);
+
+  // One finding by id (case-insensitive); NotFound if absent.
+  absl::StatusOr<tokenwatch::v1::Finding> Get(const std::string& id)
+      ABSL_LOCKS_EXCLUDED(read_mu_);
+
+  // The journal mode SQLite reports ("wal" when open succeeded); for tests and diagnostics.
+  absl::StatusOr<std::string> JournalMode() ABSL_LOCKS_EXCLUDED(read_mu_);
+
+ private:
+  FindingStore(sqlite3* write_db, sqlite3* read_db) : write_db_(write_db), read_db_(read_db) {}
+
+  absl::Mutex write_mu_;
+  sqlite3* const write_db_ ABSL_PT_GUARDED_BY(write_mu_);
+  absl::Mutex read_mu_;
+  sqlite3* const read_db_ ABSL_PT_GUARDED_BY(read_mu_);
+};
+
+}  // namespace tokenwatch::collector

@@ -1,0 +1,195 @@
+#include "collector/validate.h"
+
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace tokenwatch::collector {
+namespace {
+
+using tokenwatch::v1::Finding;
+using tokenwatch::v1::Process;
+
+// Findings older than this are not from a tokenwatch agent (the project postdates it).
+const absl::Time kEarliestSaneTime = absl::FromUnixSeconds(946684800);  // 2000-01-01
+
+absl::Status Invalid(absl::string_view field, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
+}
+
+absl::Status CheckString(absl::string_view field, const std::string& value) {
+  if (value.size() > kMaxStringBytes) {
+    return Invalid(field, absl::StrCat("longer than ", kMaxStringBytes, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Repeated>
+absl::Status CheckStrings(absl::string_view field, const Repeated& values, int max_entries) {
+  if (values.size() > max_entries) {
+    return Invalid(field, absl::StrCat("more than ", max_entries, " entries"));
+  }
+  for (int i = 0; i < values.size(); ++i) {
+    if (absl::Status s = CheckString(absl::StrCat(field, "[", i, "]"), values.Get(i)); !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A timestamp that is well-formed and within [2000, now + skew].
+absl::Status CheckTime(absl::string_view field, const google::protobuf::Timestamp& ts,
+                       absl::Time now) {
+  if (ts.nanos() < 0 || ts.nanos() > 999999999) return Invalid(field, "nanos out of range");
+  absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+  if (t < kEarliestSaneTime) return Invalid(field, "before the year 2000");
+  if (t > now + kMaxClockSkew) return Invalid(field, "more than 24h in the future");
+  return absl::OkStatus();
+}
+
+// Like CheckTime, for optional timestamps whose only sane requirement is being well-formed
+// (token expiry, process start times of long-lived host processes).
+absl::Status CheckTimestampShape(absl::string_view field,
+                                 const google::protobuf::Timestamp& ts) {
+  if (ts.nanos() < 0 || ts.nanos() > 999999999) return Invalid(field, "nanos out of range");
+  // The proto3 JSON mapping and our int64 nanosecond columns both stop at year 9999.
+  if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799) {
+    return Invalid(field, "outside years 1..9999");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPod(absl::string_view field, const tokenwatch::v1::Pod& pod) {
+  for (auto [name, value] : {std::pair<const char*, const std::string*>{"namespace", &pod.namespace_()},
+                             {"name", &pod.name()},
+                             {"uid", &pod.uid()}}) {
+    if (absl::Status s = CheckString(absl::StrCat(field, ".", name), *value); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckProcess(absl::string_view field, const Process& p) {
+  for (auto [name, value] : {std::pair<const char*, const std::string*>{"exec_id", &p.exec_id()},
+                             {"exe", &p.exe()},
+                             {"comm", &p.comm()},
+                             {"container_id", &p.container_id()},
+                             {"cgroup", &p.cgroup()}}) {
+    if (absl::Status s = CheckString(absl::StrCat(field, ".", name), *value); !s.ok()) return s;
+  }
+  if (absl::Status s = CheckStrings(absl::StrCat(field, ".argv"), p.argv(), kMaxArgv); !s.ok()) {
+    return s;
+  }
+  if (p.has_start_time()) {
+    if (absl::Status s = CheckTimestampShape(absl::StrCat(field, ".start_time"), p.start_time());
+        !s.ok()) {
+      return s;
+    }
+  }
+  return CheckPod(absl::StrCat(field, ".pod"), p.pod());
+}
+
+}  // namespace
+
+bool IsUuid(absl::string_view id) {
+  if (id.size() != 36) return false;
+  for (size_t i = 0; i < id.size(); ++i) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (id[i] != '-') return false;
+    } else if (!absl::ascii_isxdigit(static_cast<unsigned char>(id[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool IsRuleId(absl::string_view rule_id) {
+  return rule_id.size() == 5 && rule_id[0] == 'T' && rule_id[1] == 'W' &&
+         absl::ascii_isdigit(static_cast<unsigned char>(rule_id[2])) &&
+         absl::ascii_isdigit(static_cast<unsigned char>(rule_id[3])) &&
+         absl::ascii_isdigit(static_cast<unsigned char>(rule_id[4]));
+}
+
+absl::Status ValidateFinding(const Finding& f, absl::Time now) {
+  if (!IsUuid(f.id())) return Invalid("finding.id", "not a UUID");
+  if (f.node().empty()) return Invalid("finding.node", "empty");
+  if (!IsRuleId(f.rule_id())) return Invalid("finding.rule_id", "not of the form TW<3 digits>");
+  if (f.severity() == tokenwatch::v1::SEVERITY_UNSPECIFIED ||
+      !tokenwatch::v1::Severity_IsValid(f.severity())) {
+    return Invalid("finding.severity", "unspecified or unknown");
+  }
+  if (f.count() < 1) return Invalid("finding.count", "must be at least 1");
+  if (!f.has_time()) return Invalid("finding.time", "not set");
+  if (absl::Status s = CheckTime("finding.time", f.time(), now); !s.ok()) return s;
+  if (f.has_last_seen()) {
+    if (absl::Status s = CheckTime("finding.last_seen", f.last_seen(), now); !s.ok()) return s;
+    if (f.last_seen().seconds() < f.time().seconds() ||
+        (f.last_seen().seconds() == f.time().seconds() &&
+         f.last_seen().nanos() < f.time().nanos())) {
+      return Invalid("finding.last_seen", "before finding.time");
+    }
+  }
+
+  for (auto [name, value] :
+       {std::pair<const char*, const std::string*>{"finding.node", &f.node()},
+        {"finding.rule_name", &f.rule_name()},
+        {"finding.summary", &f.summary()},
+        {"finding.hook_mode", &f.hook_mode()},
+        {"finding.token.host_path", &f.token().host_path()},
+        {"finding.token.service_account", &f.token().service_account()},
+        {"finding.token.device", &f.token().device()},
+        {"finding.access.syscall", &f.access().syscall()},
+        {"finding.access.flags_text", &f.access().flags_text()}}) {
+    if (absl::Status s = CheckString(name, *value); !s.ok()) return s;
+  }
+  if (absl::Status s = CheckStrings("finding.mitre", f.mitre(), kMaxListEntries); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          CheckStrings("finding.token.audiences", f.token().audiences(), kMaxListEntries);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckPod("finding.token.owner", f.token().owner()); !s.ok()) return s;
+  if (f.token().has_expiry()) {
+    if (absl::Status s = CheckTimestampShape("finding.token.expiry", f.token().expiry());
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = CheckProcess("finding.process", f.process()); !s.ok()) return s;
+  if (f.ancestors_size() > kMaxAncestors) {
+    return Invalid("finding.ancestors", absl::StrCat("more than ", kMaxAncestors, " entries"));
+  }
+  for (int i = 0; i < f.ancestors_size(); ++i) {
+    if (absl::Status s = CheckProcess(absl::StrCat("finding.ancestors[", i, "]"), f.ancestors(i));
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (f.access().has_time()) {
+    if (absl::Status s = CheckTimestampShape("finding.access.time", f.access().time()); !s.ok()) {
+      return s;
+    }
+  }
+  if (f.connections_size() > kMaxConnections) {
+    return Invalid("finding.connections",
+                   absl::StrCat("more than ", kMaxConnections, " entries"));
+  }
+  for (int i = 0; i < f.connections_size(); ++i) {
+    const auto& c = f.connections(i);
+    std::string field = absl::StrCat("finding.connections[", i, "]");
+    if (absl::Status s = CheckString(absl::StrCat(field, ".address"), c.address()); !s.ok()) {
+      return s;
+    }
+    if (c.port() > 65535) return Invalid(absl::StrCat(field, ".port"), "above 65535");
+    if (c.has_time()) {
+      if (absl::Status s = CheckTimestampShape(absl::StrCat(field, ".time"), c.time()); !s.ok()) {
+        return s;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tokenwatch::collector

@@ -1,0 +1,94 @@
+#include "collector/validate.h"
+
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/collector/test_findings.h"
+
+namespace tokenwatch::collector {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::TestFinding;
+using tokenwatch::v1::Finding;
+
+std::string Problem(const Finding& f) {
+  absl::Status s = ValidateFinding(f, absl::Now());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  return std::string(s.message());
+}
+
+TEST(ValidateFinding, AcceptsAWellFormedFinding) {
+  EXPECT_TRUE(ValidateFinding(TestFinding(1), absl::Now()).ok());
+}
+
+TEST(ValidateFinding, RejectsBadIdentity) {
+  Finding f = TestFinding(1);
+  f.set_id("not-a-uuid");
+  EXPECT_THAT(Problem(f), HasSubstr("finding.id"));
+  f = TestFinding(1);
+  f.set_id("1b4e28ba-2fa1-11d2-883f-0016d3cca42g");  // 'g' is not hex
+  EXPECT_THAT(Problem(f), HasSubstr("finding.id"));
+  f = TestFinding(1);
+  f.set_rule_id("TW02");
+  EXPECT_THAT(Problem(f), HasSubstr("finding.rule_id"));
+  f.set_rule_id("XX002");
+  EXPECT_THAT(Problem(f), HasSubstr("finding.rule_id"));
+  f = TestFinding(1);
+  f.set_node("");
+  EXPECT_THAT(Problem(f), HasSubstr("finding.node"));
+}
+
+TEST(ValidateFinding, RejectsBadSeverityCountAndTimes) {
+  Finding f = TestFinding(1);
+  f.set_severity(tokenwatch::v1::SEVERITY_UNSPECIFIED);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.severity"));
+  f.set_severity(static_cast<tokenwatch::v1::Severity>(99));
+  EXPECT_THAT(Problem(f), HasSubstr("finding.severity"));
+  f = TestFinding(1);
+  f.set_count(0);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.count"));
+  f = TestFinding(1);
+  f.clear_time();
+  EXPECT_THAT(Problem(f), HasSubstr("finding.time"));
+  f = TestFinding(1, absl::Now() + absl::Hours(48));
+  EXPECT_THAT(Problem(f), HasSubstr("finding.time"));
+  f = TestFinding(1, absl::FromUnixSeconds(0));
+  EXPECT_THAT(Problem(f), HasSubstr("finding.time"));
+  f = TestFinding(1);
+  f.mutable_last_seen()->set_seconds(f.time().seconds() - 10);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.last_seen"));
+}
+
+TEST(ValidateFinding, BoundsStringsAndLists) {
+  const std::string huge(kMaxStringBytes + 1, 'a');
+  Finding f = TestFinding(1);
+  f.set_summary(huge);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.summary"));
+  f = TestFinding(1);
+  f.mutable_process()->set_argv(1, huge);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.process.argv[1]"));
+  f = TestFinding(1);
+  f.mutable_ancestors(1)->mutable_pod()->set_name(huge);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.ancestors[1].pod.name"));
+  f = TestFinding(1);
+  for (int i = 0; i < kMaxArgv; ++i) f.mutable_process()->add_argv("x");
+  EXPECT_THAT(Problem(f), HasSubstr("finding.process.argv"));
+  f = TestFinding(1);
+  for (int i = 0; i < kMaxAncestors; ++i) f.add_ancestors();
+  EXPECT_THAT(Problem(f), HasSubstr("finding.ancestors"));
+  f = TestFinding(1);
+  for (int i = 0; i <= kMaxConnections; ++i) f.add_connections();
+  EXPECT_THAT(Problem(f), HasSubstr("finding.connections"));
+  f = TestFinding(1);
+  f.add_connections()->set_port(70000);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.connections[0].port"));
+  // Exactly at the bound is fine.
+  f = TestFinding(1);
+  f.set_summary(std::string(kMaxStringBytes, 'a'));
+  EXPECT_TRUE(ValidateFinding(f, absl::Now()).ok());
+}
+
+}  // namespace
+}  // namespace tokenwatch::collector
