@@ -1,6 +1,5 @@
 #include "agent/detect/finding_builder.h"
 
-#include <fcntl.h>
 #include <sys/sysmacros.h>
 #include <uuid/uuid.h>
 
@@ -32,23 +31,27 @@ std::string NewUuid() {
 }
 
 std::string OpenFlagsText(uint32_t flags) {
+  // The kernel's own values (asm-generic, which x86 and arm64 use): f_flags
+  // holds kernel bits such as O_LARGEFILE that the C library defines as 0.
+  // O_CLOEXEC belongs to the descriptor, not the file, so it never shows.
   std::vector<std::string> names;
-  switch (flags & O_ACCMODE) {
-    case O_WRONLY:
+  switch (flags & 03) {
+    case 01:
       names.push_back("O_WRONLY");
       break;
-    case O_RDWR:
+    case 02:
       names.push_back("O_RDWR");
       break;
     default:
       names.push_back("O_RDONLY");
   }
   const std::pair<uint32_t, const char*> bits[] = {
-      {O_CREAT, "O_CREAT"},         {O_EXCL, "O_EXCL"},         {O_NOCTTY, "O_NOCTTY"},
-      {O_TRUNC, "O_TRUNC"},         {O_APPEND, "O_APPEND"},     {O_NONBLOCK, "O_NONBLOCK"},
-      {O_DSYNC, "O_DSYNC"},         {O_DIRECT, "O_DIRECT"},     {O_LARGEFILE, "O_LARGEFILE"},
-      {O_DIRECTORY, "O_DIRECTORY"}, {O_NOFOLLOW, "O_NOFOLLOW"}, {O_NOATIME, "O_NOATIME"},
-      {O_CLOEXEC, "O_CLOEXEC"},     {O_PATH, "O_PATH"},
+      {0100, "O_CREAT"},          {0200, "O_EXCL"},         {0400, "O_NOCTTY"},
+      {01000, "O_TRUNC"},         {02000, "O_APPEND"},      {04000, "O_NONBLOCK"},
+      {010000, "O_DSYNC"},        {020000, "FASYNC"},       {040000, "O_DIRECT"},
+      {0100000, "O_LARGEFILE"},   {0200000, "O_DIRECTORY"}, {0400000, "O_NOFOLLOW"},
+      {01000000, "O_NOATIME"},    {02000000, "O_CLOEXEC"},  {04000000, "O_SYNC"},
+      {010000000, "O_PATH"},      {020000000, "O_TMPFILE"},
   };
   for (const auto& [bit, name] : bits) {
     if ((flags & bit) == bit) names.push_back(name);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -165,19 +166,17 @@ std::vector<std::string> SplitArgv(absl::string_view block, bool cut) {
   // A JWT cut off by the end of a truncated block no longer looks like a JWT
   // but is still a secret: drop a trailing "eyJ..." run entirely.
   if (cut) {
-    size_t start = block.rfind("eyJ");
-    if (start != absl::string_view::npos) {
-      size_t end = start;
-      while (end < block.size() && (absl::ascii_isalnum(static_cast<unsigned char>(block[end])) ||
-                                    block[end] == '-' || block[end] == '_' || block[end] == '.')) {
-        ++end;
-      }
-      if (end == block.size()) {
-        std::vector<std::string> argv = SplitArgv(block.substr(0, start), false);
-        if (argv.empty() || block[start - (start > 0 ? 1 : 0)] == '\0') argv.emplace_back();
-        argv.back() += std::string(tokens::kRedactedJwt);
-        return argv;
-      }
+    auto in_jwt = [](char c) {
+      return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ||
+             c == '.';
+    };
+    size_t start = block.size();
+    while (start > 0 && in_jwt(block[start - 1])) --start;
+    if (absl::StartsWith(block.substr(start), "eyJ")) {
+      std::vector<std::string> argv = SplitArgv(block.substr(0, start), false);
+      if (argv.empty() || start == 0 || block[start - 1] == '\0') argv.emplace_back();
+      argv.back() += std::string(tokens::kRedactedJwt);
+      return argv;
     }
   }
   while (!block.empty() && block.back() == '\0') block.remove_suffix(1);
