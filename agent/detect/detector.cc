@@ -61,10 +61,13 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
     rule_id = "TW002";
     rule_name = "token-read-cross-pod";
     severity = v1::SEVERITY_CRITICAL;
+    std::string reader_pod_name =
+        reader.pod_name.empty()
+            ? absl::StrCat("uid ", reader.container->pod_uid)
+            : absl::StrCat(reader.pod_namespace, "/", reader.pod_name);
     summary = absl::StrFormat(
-        "%s in another pod (uid %s) read the service-account token of pod %s (service account "
-        "%s).",
-        Actor(reader), reader.container->pod_uid, PodName(token), token.claims.service_account);
+        "%s in pod %s read the service-account token of another pod, %s (service account %s).",
+        Actor(reader), reader_pod_name, PodName(token), token.claims.service_account);
   } else {
     reader_pod = reader.container->pod_uid;
     bool tool = IsShellOrTool(reader.exe, reader.comm);

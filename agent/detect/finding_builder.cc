@@ -106,8 +106,12 @@ void FillProcess(const std::string& node, const process::ProcessView& view,
     v1::Pod* pod = out->mutable_pod();
     pod->set_uid(view.container->pod_uid);
     // Without the Kubernetes API, a pod's name and namespace are known from
-    // its token's claims; the token at hand names its owner.
-    if (token != nullptr && token->pod_uid == view.container->pod_uid) {
+    // its tokens' claims: the enrich stage looked them up, or the token at
+    // hand names its owner.
+    if (!view.pod_name.empty()) {
+      pod->set_namespace_(view.pod_namespace);
+      pod->set_name(view.pod_name);
+    } else if (token != nullptr && token->pod_uid == view.container->pod_uid) {
       pod->set_namespace_(token->claims.namespace_name);
       pod->set_name(token->claims.pod_name);
     }

@@ -186,10 +186,29 @@ void Agent::ApplyInventoryDelta(const tokens::InventoryDelta& delta) {
     }
     Logf(LogLevel::kInfo, "no longer watching %s", token.host_path);
   }
+  {
+    absl::flat_hash_map<std::string, std::pair<std::string, std::string>> names;
+    for (const tokens::TokenInfo& token : inventory_->Snapshot()) {
+      if (!token.claims.pod_name.empty()) {
+        names[token.pod_uid] = {token.claims.namespace_name, token.claims.pod_name};
+      }
+    }
+    absl::MutexLock pods_lock(&pods_mu_);
+    pod_names_ = std::move(names);
+  }
   tokens::InventoryStats stats = inventory_->stats();
   metrics_->SetTokensWatched(static_cast<double>(stats.tokens));
   metrics_->SetInventoryErrors("malformed", stats.malformed);
   metrics_->SetInventoryErrors("unreadable", stats.unreadable);
+}
+
+void Agent::NamePod(process::ProcessView* view) {
+  if (!view->container.has_value()) return;
+  absl::MutexLock lock(&pods_mu_);
+  auto it = pod_names_.find(view->container->pod_uid);
+  if (it == pod_names_.end()) return;
+  view->pod_namespace = it->second.first;
+  view->pod_name = it->second.second;
 }
 
 void Agent::OnTokenOpen(const tw_token_open& event) {
@@ -205,6 +224,8 @@ void Agent::OnTokenOpen(const tw_token_open& event) {
   read.time = clock_.ToTime(event.hdr.ts_ns);
   read.token = *std::move(token);
   read.lineage = lineage_->FromTokenOpen(event);
+  NamePod(&read.lineage.process);
+  for (process::ProcessView& ancestor : read.lineage.ancestors) NamePod(&ancestor);
   read.syscall = probes::OpenSyscallName(event.syscall);
   read.flags = event.flags;
   if (!read.lineage.process.cgroup.empty() && read.lineage.process.container.has_value()) {

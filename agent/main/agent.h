@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/detect/detector.h"
@@ -60,6 +61,11 @@ class Agent {
   std::unique_ptr<exporting::JsonLinesWriter> json_;
   std::unique_ptr<exporting::CollectorClient> collector_;
   absl::Mutex watch_mu_;  // serializes tokens-map updates from the watcher
+  // pod uid -> (namespace, name), from the inventoried tokens' claims.
+  absl::Mutex pods_mu_;
+  absl::flat_hash_map<std::string, std::pair<std::string, std::string>> pod_names_
+      ABSL_GUARDED_BY(pods_mu_);
+  void NamePod(process::ProcessView* view);
 };
 
 }  // namespace tokenwatch::agent

@@ -92,6 +92,12 @@ absl::StatusOr<std::unique_ptr<TokenOpenProbe>> TokenOpenProbe::Create(const Opt
         " (tokenwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)"));
   }
 
+  // Permission first: without it nothing else matters, and the message
+  // should say so rather than name a later symptom.
+  LIBBPF_OPTS(bpf_map_create_opts, map_opts);
+  int probe_fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tw_probe", 4, 4, 1, &map_opts);
+  if (probe_fd < 0) return ErrnoStatus(errno, "cannot use BPF");
+  close(probe_fd);
   if (absl::Status s = EnsureTracefs(); !s.ok()) return s;
 
   std::unique_ptr<TokenOpenProbe> probe(new TokenOpenProbe());

@@ -24,6 +24,10 @@ struct ProcessView {
   std::vector<std::string> argv;  // already redacted
   std::string cgroup;             // cgroup v2 path, "" when unknown
   std::optional<k8s::ContainerRef> container;  // nullopt: a host process
+  // The pod's namespace and name, when a token of that pod is inventoried
+  // (its claims name it); empty otherwise.
+  std::string pod_namespace;
+  std::string pod_name;
   bool exec_session = false;
 };
 

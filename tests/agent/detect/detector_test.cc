@@ -85,6 +85,19 @@ TEST(Detector, ReaderInAnotherPodIsCrossPodCritical) {
   EXPECT_EQ(findings[0].token().owner().uid(), kOwnerUid);
 }
 
+TEST(Detector, CrossPodFindingNamesBothPods) {
+  Detector d(Options());
+  TokenRead read = Read("/bin/busybox", "cat", kOtherUid);
+  read.lineage.process.pod_namespace = "attack";
+  read.lineage.process.pod_name = "evil-0";
+  auto findings = d.OnTokenRead(read);
+  ASSERT_EQ(findings.size(), 1u);
+  EXPECT_EQ(findings[0].process().pod().namespace_(), "attack");
+  EXPECT_EQ(findings[0].process().pod().name(), "evil-0");
+  EXPECT_NE(findings[0].summary().find("attack/evil-0"), std::string::npos);
+  EXPECT_NE(findings[0].summary().find("shop/web-7d4b9c8f6d-x2x9q"), std::string::npos);
+}
+
 TEST(Detector, HostProcessIsTW003UnlessANodeComponent) {
   Detector d(Options());
   auto findings = d.OnTokenRead(Read("/usr/bin/cat", "cat", std::nullopt));
