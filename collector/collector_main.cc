@@ -4,10 +4,15 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <tuple>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -24,6 +29,11 @@
 ABSL_FLAG(std::string, listen, "0.0.0.0:9760",
           "HOST:PORT to serve gRPC on; port 0 picks a free port (printed at start)");
 ABSL_FLAG(std::string, db, "/var/lib/tokenwatch/collector.db", "SQLite database file");
+ABSL_FLAG(std::string, tls_cert, "", "serve TLS with this certificate chain (PEM file)");
+ABSL_FLAG(std::string, tls_key, "", "the private key of --tls-cert (PEM file)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "require client certificates signed by this CA (PEM file); an agent's Hello must then "
+          "name a node that is the certificate's CN or one of its SANs");
 
 namespace {
 
@@ -32,13 +42,45 @@ int Fail(const std::string& message) {
   return 1;
 }
 
+// Abseil names flags with underscores; operators type dashes (--tls-cert, as in the README).
+// Both spellings are accepted: dashes in a flag's name become underscores before parsing.
+std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage) {
+  storage->reserve(argc);
+  std::vector<char*> out;
+  bool flags_done = false;
+  for (int i = 0; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--") flags_done = true;
+    if (!flags_done && i > 0 && arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
+      const size_t end = std::min(arg.find('='), arg.size());
+      for (size_t k = 2; k < end; ++k) {
+        if (arg[k] == '-') arg[k] = '_';
+      }
+    }
+    storage->push_back(std::move(arg));
+    out.push_back(storage->back().data());
+  }
+  return out;
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  *out = text.str();
+  return static_cast<bool>(in) && !out->empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "tokenwatch-collector --listen HOST:PORT --db PATH\n"
+      "                     [--tls-cert F --tls-key F [--tls-client-ca F]]\n"
       "Receives tokenwatch findings from agents and serves them to tokenwatchctl.");
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  std::vector<std::string> arg_storage;
+  std::vector<char*> dashed = DashesToUnderscores(argc, argv, &arg_storage);
+  std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(dashed.size()), dashed.data());
   if (args.size() > 1) return Fail(absl::StrCat("unexpected argument '", args[1], "'"));
 
   const std::string listen = absl::GetFlag(FLAGS_listen);
@@ -49,6 +91,30 @@ int main(int argc, char** argv) {
     return Fail(absl::StrCat("--listen: expected HOST:PORT, got '", listen, "'"));
   }
   const std::string host = listen.substr(0, colon);
+
+  // TLS files are read before anything else starts, so a typo fails fast with its name.
+  std::optional<tokenwatch::collector::ServerTls> tls;
+  const std::string tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  const std::string tls_key = absl::GetFlag(FLAGS_tls_key);
+  const std::string tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (tls_cert.empty() != tls_key.empty()) {
+    return Fail("--tls-cert and --tls-key must be given together");
+  }
+  if (!tls_client_ca.empty() && tls_cert.empty()) {
+    return Fail("--tls-client-ca needs --tls-cert and --tls-key");
+  }
+  if (!tls_cert.empty()) {
+    tls.emplace();
+    for (auto [flag, path, out] :
+         {std::tuple<const char*, const std::string*, std::string*>{"--tls-cert", &tls_cert,
+                                                                     &tls->cert_chain},
+          {"--tls-key", &tls_key, &tls->private_key},
+          {"--tls-client-ca", &tls_client_ca, &tls->client_ca}}) {
+      if (!path->empty() && !ReadFile(*path, out)) {
+        return Fail(absl::StrCat(flag, " ", *path, ": cannot read the file"));
+      }
+    }
+  }
 
   const std::string db_path = absl::GetFlag(FLAGS_db);
   if (db_path.empty()) return Fail("--db: empty path");
@@ -70,11 +136,15 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-  tokenwatch::collector::CollectorService service(store->get());
+  tokenwatch::collector::CollectorService::Options service_options;
+  service_options.verify_node_names = tls.has_value() && !tls->client_ca.empty();
+  tokenwatch::collector::CollectorService service(store->get(), service_options);
   absl::StatusOr<tokenwatch::collector::RunningServer> server =
-      tokenwatch::collector::StartServer(listen, &service);
+      tokenwatch::collector::StartServer(listen, &service, tls ? &*tls : nullptr);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  std::printf("listening on %s:%d\n", host.c_str(), server->port);
+  std::printf("listening on %s:%d%s\n", host.c_str(), server->port,
+              !tls ? "" : service_options.verify_node_names ? " (TLS, client certificates required)"
+                                                            : " (TLS)");
   std::fflush(stdout);
 
   int signal_number = 0;

@@ -6,6 +6,7 @@
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
+#include "collector/ingest.h"
 #include "collector/store.h"
 #include "tokenwatch/v1/collector.grpc.pb.h"
 
@@ -22,17 +23,29 @@ inline constexpr int kMaxReceiveMessageBytes = 4 * 1024 * 1024;
 using CollectorCallbackBase = tokenwatch::v1::Collector::WithRawCallbackMethod_Report<
     tokenwatch::v1::Collector::WithCallbackMethod_ListFindings<
         tokenwatch::v1::Collector::WithCallbackMethod_GetFinding<
-            tokenwatch::v1::Collector::Service>>>;
+            tokenwatch::v1::Collector::WithCallbackMethod_WatchFindings<
+                tokenwatch::v1::Collector::Service>>>>;
 
 // CollectorService implements tokenwatch.v1.Collector with the callback API: a bidi reactor per
-// Report stream, the default unary reactor for queries. It does not own the store.
+// Report stream, a write reactor per WatchFindings call, the default unary reactor for queries.
+// It does not own the store; it owns the group-commit Ingest and the hub that feeds watchers.
+// Destroy it only after the server that serves it has shut down.
 //
 // Threading: gRPC runs the reactions on its own threads, concurrently across streams and for
-// reads and writes of one stream; each Report reactor serialises its state with its own mutex
-// and the store is thread-safe.
+// reads and writes of one stream; each reactor serialises its state with its own mutex, and
+// the store, the ingest and the hub are thread-safe.
 class CollectorService final : public CollectorCallbackBase {
  public:
-  explicit CollectorService(FindingStore* store) : store_(store) {}
+  struct Options {
+    // Refuse a Report stream whose Hello names a node that is not the client certificate's
+    // common name or one of its subject alternative names, and findings from another node on
+    // it. Set when the server requires client certificates.
+    bool verify_node_names = false;
+  };
+
+  explicit CollectorService(FindingStore* store) : CollectorService(store, Options()) {}
+  CollectorService(FindingStore* store, Options options)
+      : store_(store), options_(options), ingest_(store, &hub_) {}
 
   // Each message is a serialized ReportRequest; each answer a serialized ReportResponse.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Report(
@@ -46,8 +59,23 @@ class CollectorService final : public CollectorCallbackBase {
                                        const tokenwatch::v1::GetFindingRequest* request,
                                        tokenwatch::v1::Finding* response) override;
 
+  grpc::ServerWriteReactor<tokenwatch::v1::Finding>* WatchFindings(
+      grpc::CallbackServerContext* context,
+      const tokenwatch::v1::WatchFindingsRequest* request) override;
+
  private:
   FindingStore* const store_;
+  const Options options_;
+  FindingHub hub_;
+  Ingest ingest_;  // after hub_: it publishes to it until destroyed
+};
+
+// TLS for the server, as PEM text.
+struct ServerTls {
+  std::string cert_chain;
+  std::string private_key;
+  // When set, clients must present a certificate signed by this CA.
+  std::string client_ca;
 };
 
 // A started gRPC server and the port it bound.
@@ -58,7 +86,9 @@ struct RunningServer {
 };
 
 // Builds and starts a server for `service` on `listen` ("HOST:PORT", IPv6 hosts in brackets),
-// with the receive size limit above. Fails when the address cannot be bound.
-absl::StatusOr<RunningServer> StartServer(const std::string& listen, CollectorService* service);
+// with the receive size limit above, over TLS when `tls` is given. Fails when the address cannot
+// be bound.
+absl::StatusOr<RunningServer> StartServer(const std::string& listen, CollectorService* service,
+                                          const ServerTls* tls = nullptr);
 
 }  // namespace tokenwatch::collector

@@ -5,7 +5,9 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace tokenwatch::collector {
 namespace {
@@ -77,21 +79,38 @@ CREATE TABLE IF NOT EXISTS findings (
   owner_namespace TEXT NOT NULL,
   actor_namespace TEXT NOT NULL,
   count INTEGER NOT NULL,
-  finding BLOB NOT NULL
+  finding BLOB NOT NULL,
+  owner_pod TEXT NOT NULL DEFAULT '',
+  actor_pod TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS findings_last_seen ON findings(last_seen_ns);
-CREATE INDEX IF NOT EXISTS findings_node ON findings(node, last_seen_ns);
-CREATE INDEX IF NOT EXISTS findings_rule ON findings(rule_id, last_seen_ns);
-CREATE INDEX IF NOT EXISTS findings_owner_ns ON findings(owner_namespace, last_seen_ns);
-CREATE INDEX IF NOT EXISTS findings_actor_ns ON findings(actor_namespace, last_seen_ns);
+)sql";
+
+// Columns added after the first schema; ALTER fails harmlessly when they exist.
+constexpr const char* kAddedColumns[] = {
+    "ALTER TABLE findings ADD COLUMN owner_pod TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE findings ADD COLUMN actor_pod TEXT NOT NULL DEFAULT ''",
+};
+
+// Every index ends in (last_seen_ns, id), the list order, so that a page is read straight off
+// the index without sorting. Fewer indexes keep ingest fast; namespace and pod filters walk the
+// recency index.
+constexpr char kIndexes[] = R"sql(
+DROP INDEX IF EXISTS findings_last_seen;
+DROP INDEX IF EXISTS findings_node;
+DROP INDEX IF EXISTS findings_rule;
+DROP INDEX IF EXISTS findings_owner_ns;
+DROP INDEX IF EXISTS findings_actor_ns;
+CREATE INDEX IF NOT EXISTS findings_recent ON findings(last_seen_ns, id);
+CREATE INDEX IF NOT EXISTS findings_by_node ON findings(node, last_seen_ns, id);
+CREATE INDEX IF NOT EXISTS findings_by_rule ON findings(rule_id, last_seen_ns, id);
 )sql";
 
 // The stored row is replaced only when the agent folded more events into the finding since the
 // copy we hold; an identical re-send (the agent missed our ack) is a no-op.
 constexpr char kUpsert[] = R"sql(
 INSERT INTO findings (id, node, time_ns, last_seen_ns, rule_id, severity, owner_namespace,
-                      actor_namespace, count, finding)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                      actor_namespace, count, finding, owner_pod, actor_pod)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT(id) DO UPDATE SET
   last_seen_ns = excluded.last_seen_ns,
   severity = excluded.severity,
@@ -147,6 +166,13 @@ absl::StatusOr<std::unique_ptr<FindingStore>> FindingStore::Open(const std::stri
     close_write();
     return absl::InternalError(absl::StrCat("create schema in ", path, ": ", s.message()));
   }
+  for (const char* alter : kAddedColumns) {
+    sqlite3_exec(*write_db, alter, nullptr, nullptr, nullptr);
+  }
+  if (absl::Status s = Exec(*write_db, kIndexes); !s.ok()) {
+    close_write();
+    return absl::InternalError(absl::StrCat("create indexes in ", path, ": ", s.message()));
+  }
 
   absl::StatusOr<sqlite3*> read_db = OpenConnection(path, SQLITE_OPEN_READONLY);
   if (!read_db.ok()) {
@@ -165,7 +191,9 @@ absl::Status FindingStore::Upsert(const Finding& finding) {
   return Upsert(std::vector<const Finding*>{&finding});
 }
 
-absl::Status FindingStore::Upsert(const std::vector<const Finding*>& findings) {
+absl::Status FindingStore::Upsert(const std::vector<const Finding*>& findings,
+                                  std::vector<bool>* changed) {
+  if (changed != nullptr) changed->assign(findings.size(), false);
   absl::MutexLock lock(&write_mu_);
   absl::StatusOr<Stmt> stmt = Prepare(write_db_, kUpsert);
   if (!stmt.ok()) return stmt.status();
@@ -176,7 +204,8 @@ absl::Status FindingStore::Upsert(const std::vector<const Finding*>& findings) {
     return status;
   };
   std::string payload;
-  for (const Finding* finding : findings) {
+  for (size_t i = 0; i < findings.size(); ++i) {
+    const Finding* finding = findings[i];
     if (!finding->SerializeToString(&payload)) {
       return fail(absl::InternalError("serialize finding"));
     }
@@ -201,9 +230,16 @@ absl::Status FindingStore::Upsert(const std::vector<const Finding*>& findings) {
                       SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 9, ClampCount(finding->count()));
     sqlite3_bind_blob(s, 10, payload.data(), static_cast<int>(payload.size()), SQLITE_TRANSIENT);
+    const std::string& owner_pod = finding->token().owner().name();
+    const std::string& actor_pod = finding->process().pod().name();
+    sqlite3_bind_text(s, 11, owner_pod.data(), static_cast<int>(owner_pod.size()),
+                      SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 12, actor_pod.data(), static_cast<int>(actor_pod.size()),
+                      SQLITE_TRANSIENT);
     if (sqlite3_step(s) != SQLITE_DONE) {
       return fail(SqliteError(write_db_, "store finding"));
     }
+    if (changed != nullptr) (*changed)[i] = sqlite3_changes(write_db_) > 0;
   }
   stmt->reset();
   if (absl::Status s = Exec(write_db_, "COMMIT"); !s.ok()) return fail(s);
@@ -211,37 +247,111 @@ absl::Status FindingStore::Upsert(const std::vector<const Finding*>& findings) {
 }
 
 absl::StatusOr<std::vector<Finding>> FindingStore::List(const FindingQuery& query) {
-  // Unused filters compare against a wildcard so one statement serves every combination.
-  constexpr char kList[] = R"sql(
-SELECT finding FROM findings
-WHERE last_seen_ns >= ?1
-  AND severity >= ?2
-  AND (?3 = '' OR rule_id = ?3)
-  AND (?4 = '' OR owner_namespace = ?4 OR actor_namespace = ?4)
-  AND (?5 = '' OR node = ?5)
-ORDER BY last_seen_ns DESC, time_ns DESC, id
-LIMIT ?6
-)sql";
-  uint32_t limit = query.limit == 0 ? kDefaultListLimit : std::min(query.limit, kMaxListLimit);
+  absl::StatusOr<FindingPage> page = ListPage(query);
+  if (!page.ok()) return page.status();
+  return std::move(page->findings);
+}
+
+absl::StatusOr<FindingPage> FindingStore::ListPage(const FindingQuery& query) {
+  // Only the filters in use appear in the SQL, so SQLite can pick the index that serves them.
+  std::string where = "last_seen_ns >= ? AND last_seen_ns < ?";
+  std::vector<std::string> text_args;
   int64_t since_ns = std::numeric_limits<int64_t>::min();
-  if (query.since != absl::InfinitePast()) {
-    since_ns = absl::ToUnixNanos(query.since);
+  if (query.since != absl::InfinitePast()) since_ns = absl::ToUnixNanos(query.since);
+  int64_t until_ns = std::numeric_limits<int64_t>::max();
+  if (query.until != absl::InfiniteFuture()) until_ns = absl::ToUnixNanos(query.until);
+  if (query.min_severity != tokenwatch::v1::SEVERITY_UNSPECIFIED) {
+    absl::StrAppend(&where, " AND severity >= ", static_cast<int>(query.min_severity));
   }
+  if (!query.rule_id.empty()) {
+    absl::StrAppend(&where, " AND rule_id = ?");
+    text_args.push_back(query.rule_id);
+  }
+  if (!query.node.empty()) {
+    absl::StrAppend(&where, " AND node = ?");
+    text_args.push_back(query.node);
+  }
+  if (!query.namespace_name.empty()) {
+    absl::StrAppend(&where, " AND (owner_namespace = ? OR actor_namespace = ?)");
+    text_args.push_back(query.namespace_name);
+    text_args.push_back(query.namespace_name);
+  }
+  if (!query.pod.empty()) {
+    absl::StrAppend(&where, " AND (owner_pod = ? OR actor_pod = ?)");
+    text_args.push_back(query.pod);
+    text_args.push_back(query.pod);
+  }
+  int64_t after_ns = 0;
+  std::string after_id;
+  if (!query.page_token.empty()) {
+    // "<last_seen_ns>/<id>" of the last row of the previous page.
+    std::vector<std::string> parts = absl::StrSplit(query.page_token, absl::MaxSplits('/', 1));
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &after_ns) || parts[1].size() > 64) {
+      return absl::InvalidArgumentError("page_token: not a token from a previous page");
+    }
+    after_id = parts[1];
+    absl::StrAppend(&where, " AND (last_seen_ns < ? OR (last_seen_ns = ? AND id < ?))");
+  }
+  const uint32_t limit =
+      query.limit == 0 ? kDefaultListLimit : std::min(query.limit, kMaxListLimit);
+  const std::string sql =
+      absl::StrCat("SELECT finding, last_seen_ns, id FROM findings WHERE ", where,
+                   " ORDER BY last_seen_ns DESC, id DESC LIMIT ", limit + 1);
 
   absl::MutexLock lock(&read_mu_);
-  absl::StatusOr<Stmt> stmt = Prepare(read_db_, kList);
+  absl::StatusOr<Stmt> stmt = Prepare(read_db_, sql.c_str());
   if (!stmt.ok()) return stmt.status();
-  sqlite3_stmt* s = stmt->get();
-  sqlite3_bind_int64(s, 1, since_ns);
-  sqlite3_bind_int(s, 2, query.min_severity);
-  sqlite3_bind_text(s, 3, query.rule_id.data(), static_cast<int>(query.rule_id.size()),
-                    SQLITE_TRANSIENT);
-  sqlite3_bind_text(s, 4, query.namespace_name.data(),
-                    static_cast<int>(query.namespace_name.size()), SQLITE_TRANSIENT);
-  sqlite3_bind_text(s, 5, query.node.data(), static_cast<int>(query.node.size()),
-                    SQLITE_TRANSIENT);
-  sqlite3_bind_int64(s, 6, limit);
-  return ReadFindings(read_db_, s);
+  sqlite3_stmt* st = stmt->get();
+  int arg = 1;
+  sqlite3_bind_int64(st, arg++, since_ns);
+  sqlite3_bind_int64(st, arg++, until_ns);
+  for (const std::string& text : text_args) {
+    sqlite3_bind_text(st, arg++, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT);
+  }
+  if (!query.page_token.empty()) {
+    sqlite3_bind_int64(st, arg++, after_ns);
+    sqlite3_bind_int64(st, arg++, after_ns);
+    sqlite3_bind_text(st, arg++, after_id.data(), static_cast<int>(after_id.size()),
+                      SQLITE_TRANSIENT);
+  }
+  FindingPage page;
+  int64_t last_ns = 0;
+  std::string last_id;
+  for (;;) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) break;
+    if (rc != SQLITE_ROW) return SqliteError(read_db_, "query findings");
+    if (page.findings.size() == limit) {
+      page.next_page_token = absl::StrCat(last_ns, "/", last_id);
+      break;
+    }
+    Finding finding;
+    if (!finding.ParseFromArray(sqlite3_column_blob(st, 0), sqlite3_column_bytes(st, 0))) {
+      return absl::DataLossError("stored finding does not parse");
+    }
+    last_ns = sqlite3_column_int64(st, 1);
+    last_id = reinterpret_cast<const char*>(sqlite3_column_text(st, 2));
+    page.findings.push_back(std::move(finding));
+  }
+  return page;
+}
+
+bool MatchesQuery(const FindingQuery& query, const Finding& f) {
+  const google::protobuf::Timestamp& ts = f.has_last_seen() ? f.last_seen() : f.time();
+  const absl::Time last_seen = absl::FromUnixNanos(UnixNanos(ts));
+  if (last_seen < query.since || last_seen >= query.until) return false;
+  if (f.severity() < query.min_severity) return false;
+  if (!query.rule_id.empty() && f.rule_id() != query.rule_id) return false;
+  if (!query.node.empty() && f.node() != query.node) return false;
+  if (!query.namespace_name.empty() && f.token().owner().namespace_() != query.namespace_name &&
+      f.process().pod().namespace_() != query.namespace_name) {
+    return false;
+  }
+  if (!query.pod.empty() && f.token().owner().name() != query.pod &&
+      f.process().pod().name() != query.pod) {
+    return false;
+  }
+  return true;
 }
 
 absl::StatusOr<Finding> FindingStore::Get(const std::string& id) {

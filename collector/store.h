@@ -28,9 +28,27 @@ struct FindingQuery {
   std::string namespace_name;
   // Exact node name.
   std::string node;
+  // Only findings whose last_seen is before this time.
+  absl::Time until = absl::InfiniteFuture();
+  // Matches the token owner's pod name or the actor's pod name.
+  std::string pod;
   // At most this many rows; 0 means kDefaultListLimit, larger than kMaxListLimit is capped.
   uint32_t limit = 0;
+  // Continue after the page that returned this token (FindingPage::next_page_token).
+  std::string page_token;
 };
+
+// One page of FindingStore::ListPage.
+struct FindingPage {
+  // Newest first.
+  std::vector<tokenwatch::v1::Finding> findings;
+  // Non-empty when older matching findings remain: pass it as FindingQuery::page_token.
+  std::string next_page_token;
+};
+
+// Whether `finding` passes the query's filters (limit and paging aside); what WatchFindings
+// applies to live findings, with the same meaning as List's SQL.
+bool MatchesQuery(const FindingQuery& query, const tokenwatch::v1::Finding& finding);
 
 // FindingStore owns the collector's SQLite database: one table of findings keyed by id, with
 // the columns the queries filter on and the whole Finding as a serialized proto.
@@ -59,13 +77,18 @@ class FindingStore {
   // Stores the findings in one transaction. A finding whose id is already stored is replaced
   // only when it carries a higher count or a later last_seen (a fold that grew); re-sending the
   // same finding changes nothing. Findings must already be validated (see validate.h).
-  absl::Status Upsert(const std::vector<const tokenwatch::v1::Finding*>& findings)
-      ABSL_LOCKS_EXCLUDED(write_mu_);
+  // When `changed` is given, it gets one flag per finding: whether the row was inserted or
+  // updated (false for an identical re-send).
+  absl::Status Upsert(const std::vector<const tokenwatch::v1::Finding*>& findings,
+                      std::vector<bool>* changed = nullptr) ABSL_LOCKS_EXCLUDED(write_mu_);
   absl::Status Upsert(const tokenwatch::v1::Finding& finding) ABSL_LOCKS_EXCLUDED(write_mu_);
 
-  // Matching findings, newest (by last_seen) first.
+  // Matching findings, newest (by last_seen, then id) first: the first page of ListPage.
   absl::StatusOr<std::vector<tokenwatch::v1::Finding>> List(const FindingQuery& query)
       ABSL_LOCKS_EXCLUDED(read_mu_);
+
+  // One page of matching findings. InvalidArgument for a page token this store did not make.
+  absl::StatusOr<FindingPage> ListPage(const FindingQuery& query) ABSL_LOCKS_EXCLUDED(read_mu_);
 
   // One finding by id (case-insensitive); NotFound if absent.
   absl::StatusOr<tokenwatch::v1::Finding> Get(const std::string& id)

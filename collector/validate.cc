@@ -151,6 +151,12 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
     return s;
   }
   if (absl::Status s = CheckPod("finding.token.owner", f.token().owner()); !s.ok()) return s;
+  if (!tokenwatch::v1::TokenKind_IsValid(f.token().kind())) {
+    return Invalid("finding.token.kind", "unknown value");
+  }
+  if (!tokenwatch::v1::AccessPath_IsValid(f.access().path())) {
+    return Invalid("finding.access.path", "unknown value");
+  }
   if (f.token().has_expiry()) {
     if (absl::Status s = CheckTimestampShape("finding.token.expiry", f.token().expiry());
         !s.ok()) {
@@ -183,6 +189,9 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
       return s;
     }
     if (c.port() > 65535) return Invalid(absl::StrCat(field, ".port"), "above 65535");
+    if (!tokenwatch::v1::TargetKind_IsValid(c.target())) {
+      return Invalid(absl::StrCat(field, ".target"), "unknown value");
+    }
     if (c.has_time()) {
       if (absl::Status s = CheckTimestampShape(absl::StrCat(field, ".time"), c.time()); !s.ok()) {
         return s;
@@ -190,6 +199,112 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateHello(const tokenwatch::v1::Hello& hello) {
+  if (hello.node().empty()) return Invalid("hello.node", "empty");
+  if (hello.agent_id().empty()) return Invalid("hello.agent_id", "empty");
+  for (auto [name, value] :
+       {std::pair<const char*, const std::string*>{"hello.node", &hello.node()},
+        {"hello.agent_id", &hello.agent_id()},
+        {"hello.version", &hello.version()}}) {
+    if (absl::Status s = CheckString(name, *value); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateReportRequest(const tokenwatch::v1::ReportRequest& request, absl::Time now) {
+  switch (request.kind_case()) {
+    case tokenwatch::v1::ReportRequest::kHello:
+      return ValidateHello(request.hello());
+    case tokenwatch::v1::ReportRequest::kFinding: {
+      const uint64_t seq = request.finding().sequence();
+      if (seq == 0) return Invalid("finding.sequence", "must be at least 1");
+      if (!request.finding().has_finding()) return Invalid("finding.finding", "not set");
+      if (absl::Status s = ValidateFinding(request.finding().finding(), now); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", seq, ": ", s.message()));
+      }
+      return absl::OkStatus();
+    }
+    case tokenwatch::v1::ReportRequest::kGap:
+      if (request.gap().through() == 0) return Invalid("gap.through", "must be at least 1");
+      return absl::OkStatus();
+    default:
+      return Invalid("request", "neither hello, finding nor gap");
+  }
+}
+
+absl::StatusOr<tokenwatch::v1::ReportRequest> ParseReportRequest(absl::string_view bytes,
+                                                                absl::Time now) {
+  tokenwatch::v1::ReportRequest request;
+  if (!request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::InvalidArgumentError("request: not a serialized ReportRequest");
+  }
+  if (absl::Status s = ValidateReportRequest(request, now); !s.ok()) return s;
+  return request;
+}
+
+namespace {
+
+absl::Status CheckFilters(tokenwatch::v1::Severity min_severity, const std::string& rule_id,
+                          const std::string& namespace_name, const std::string& node,
+                          const std::string& pod, FindingQuery* query) {
+  if (!tokenwatch::v1::Severity_IsValid(min_severity)) {
+    return Invalid("min_severity", "unknown severity");
+  }
+  for (auto [name, value] : {std::pair<const char*, const std::string*>{"rule_id", &rule_id},
+                             {"namespace", &namespace_name},
+                             {"node", &node},
+                             {"pod", &pod}}) {
+    if (absl::Status s = CheckString(name, *value); !s.ok()) return s;
+  }
+  query->min_severity = min_severity;
+  query->rule_id = rule_id;
+  query->namespace_name = namespace_name;
+  query->node = node;
+  query->pod = pod;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Time> QueryTime(absl::string_view field,
+                                     const google::protobuf::Timestamp& ts) {
+  if (absl::Status s = CheckTimestampShape(field, ts); !s.ok()) return s;
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+}  // namespace
+
+absl::StatusOr<FindingQuery> QueryFromRequest(const tokenwatch::v1::ListFindingsRequest& r) {
+  FindingQuery query;
+  if (absl::Status s = CheckFilters(r.min_severity(), r.rule_id(), r.namespace_(), r.node(),
+                                    r.pod(), &query);
+      !s.ok()) {
+    return s;
+  }
+  if (r.has_since()) {
+    absl::StatusOr<absl::Time> t = QueryTime("since", r.since());
+    if (!t.ok()) return t.status();
+    query.since = *t;
+  }
+  if (r.has_until()) {
+    absl::StatusOr<absl::Time> t = QueryTime("until", r.until());
+    if (!t.ok()) return t.status();
+    query.until = *t;
+  }
+  if (absl::Status s = CheckString("page_token", r.page_token()); !s.ok()) return s;
+  query.page_token = r.page_token();
+  query.limit = r.limit();
+  return query;
+}
+
+absl::StatusOr<FindingQuery> QueryFromRequest(const tokenwatch::v1::WatchFindingsRequest& r) {
+  FindingQuery query;
+  if (absl::Status s = CheckFilters(r.min_severity(), r.rule_id(), r.namespace_(), r.node(),
+                                    r.pod(), &query);
+      !s.ok()) {
+    return s;
+  }
+  return query;
 }
 
 }  // namespace tokenwatch::collector

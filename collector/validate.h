@@ -5,6 +5,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/status/statusor.h"
+#include "collector/store.h"
+#include "tokenwatch/v1/collector.pb.h"
 #include "tokenwatch/v1/finding.pb.h"
 
 namespace tokenwatch::collector {
@@ -28,5 +31,21 @@ bool IsRuleId(absl::string_view rule_id);
 // Checks a finding an agent sent before it is stored. The error is InvalidArgument and names the
 // offending field, e.g. "finding.process.argv[3]: longer than 4096 bytes".
 absl::Status ValidateFinding(const tokenwatch::v1::Finding& finding, absl::Time now);
+
+// Checks the Hello that opens a Report stream: node and agent id present, sizes bounded.
+absl::Status ValidateHello(const tokenwatch::v1::Hello& hello);
+
+// Checks one message of a Report stream on its own (its place in the stream is the service's
+// business): a Hello, a sequenced finding, or a gap.
+absl::Status ValidateReportRequest(const tokenwatch::v1::ReportRequest& request, absl::Time now);
+
+// Parses a serialized ReportRequest and checks it: what the collector does with every message
+// an agent sends. InvalidArgument for bytes that are not a ReportRequest.
+absl::StatusOr<tokenwatch::v1::ReportRequest> ParseReportRequest(absl::string_view bytes,
+                                                                absl::Time now);
+
+// Turns ListFindings filters into a store query; InvalidArgument for out-of-range values.
+absl::StatusOr<FindingQuery> QueryFromRequest(const tokenwatch::v1::ListFindingsRequest& request);
+absl::StatusOr<FindingQuery> QueryFromRequest(const tokenwatch::v1::WatchFindingsRequest& request);
 
 }  // namespace tokenwatch::collector

@@ -1,60 +1,217 @@
 #include "agent/export/collector_client.h"
 
 #include <grpcpp/grpcpp.h>
+#include <uuid/uuid.h>
 
 #include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <sstream>
 
 #include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "agent/common/log.h"
 
 namespace tokenwatch::exporting {
+namespace {
 
-CollectorClient::CollectorClient(Options options) : options_(std::move(options)) {
+// Findings read from the spool per batch on the stream.
+constexpr size_t kSendBatch = 256;
+
+void SetTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
+  const int64_t nanos = absl::ToUnixNanos(t);
+  ts->set_seconds(nanos / 1000000000);
+  ts->set_nanos(static_cast<int32_t>(nanos % 1000000000));
+}
+
+absl::StatusOr<std::string> ReadPem(const std::string& key, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in || text.str().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(key, " ", path, ": cannot read the file"));
+  }
+  return text.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
+    const CollectorClient::Options& o) {
+  if (o.tls_ca.empty()) {
+    if (!o.tls_cert.empty() || !o.tls_key.empty()) {
+      return absl::InvalidArgumentError(
+          "collector_tls_cert and collector_tls_key need collector_tls_ca");
+    }
+    return grpc::InsecureChannelCredentials();
+  }
+  if (o.tls_cert.empty() != o.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "collector_tls_cert and collector_tls_key must be given together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  absl::StatusOr<std::string> ca = ReadPem("collector_tls_ca", o.tls_ca);
+  if (!ca.ok()) return ca.status();
+  ssl.pem_root_certs = *ca;
+  if (!o.tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadPem("collector_tls_cert", o.tls_cert);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPem("collector_tls_key", o.tls_key);
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *cert;
+    ssl.pem_private_key = *key;
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
+
+v1::Finding MakeFindingsDroppedFinding(const std::string& node, uint64_t dropped,
+                                       uint64_t corrupt, absl::Time now) {
+  v1::Finding f;
+  uuid_t uuid;
+  uuid_generate_random(uuid);
+  char text[37];
+  uuid_unparse_lower(uuid, text);
+  f.set_id(text);
+  f.set_node(node);
+  SetTimestamp(now, f.mutable_time());
+  *f.mutable_last_seen() = f.time();
+  f.set_count(dropped + corrupt);
+  f.set_rule_id(kFindingsDroppedRuleId);
+  f.set_rule_name(kFindingsDroppedRuleName);
+  f.set_severity(v1::SEVERITY_HIGH);
+  // Losing evidence is what an attacker who cuts the agent off from the collector wants.
+  f.add_mitre("T1562.006");
+  f.set_summary(absl::StrCat(dropped + corrupt,
+                             " findings were lost before the collector could store them (",
+                             dropped, " dropped because the agent's spool was full, ", corrupt,
+                             " damaged in the spool)"));
+  return f;
+}
+
+absl::StatusOr<std::unique_ptr<CollectorClient>> CollectorClient::Create(Options options) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeCredentials(options);
+  if (!credentials.ok()) return credentials.status();
+  absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(options.spool);
+  if (!spool.ok()) return spool.status();
+  Spool::Stats s = (*spool)->stats();
+  if (s.unacked > 0 || s.corrupt_total > 0) {
+    Logf(LogLevel::kInfo, "spool %s: %d unacked findings to replay, %d damaged records skipped",
+         options.spool.dir, s.unacked, s.corrupt_total);
+  }
+  return std::unique_ptr<CollectorClient>(
+      new CollectorClient(std::move(options), *std::move(spool), *std::move(credentials)));
+}
+
+CollectorClient::CollectorClient(Options options, std::unique_ptr<Spool> spool,
+                                 std::shared_ptr<grpc::ChannelCredentials> credentials)
+    : options_(std::move(options)), spool_(std::move(spool)) {
   grpc::ChannelArguments args;
   // Notice a dead collector within seconds rather than at the next write.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  channel_ = grpc::CreateCustomChannel(options_.address, grpc::InsecureChannelCredentials(), args);
+  channel_ = grpc::CreateCustomChannel(options_.address, credentials, args);
   stub_ = v1::Collector::NewStub(channel_);
+  absl::MutexLock lock(&mu_);
+  spooled_sequence_ = spool_->stats().last_sequence;
 }
 
 CollectorClient::~CollectorClient() { Stop(absl::ZeroDuration()); }
 
-void CollectorClient::Start() { thread_ = std::thread([this] { Run(); }); }
+void CollectorClient::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_ || stopping_) return;
+  started_ = true;
+  spool_thread_ = std::thread([this] { RunSpooler(); });
+  delivery_thread_ = std::thread([this] { RunDelivery(); });
+}
 
 void CollectorClient::Stop(absl::Duration drain) {
+  bool started;
   {
     absl::MutexLock lock(&mu_);
-    auto drained = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return unacked_.empty(); };
-    mu_.AwaitWithTimeout(absl::Condition(&drained), drain);
+    started = started_;
+    auto drained = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return pending_.empty() && spool_->stats().unacked == 0;
+    };
+    if (started && !stopping_) mu_.AwaitWithTimeout(absl::Condition(&drained), drain);
     stopping_ = true;
     if (live_context_ != nullptr) live_context_->TryCancel();
   }
-  if (thread_.joinable()) thread_.join();
+  if (delivery_thread_.joinable()) delivery_thread_.join();
+  if (spool_thread_.joinable()) spool_thread_.join();
+  // Whatever was still in memory goes to disk for the next run.
+  if (!started) SpoolPending(/*sync=*/true);
 }
 
 void CollectorClient::Enqueue(const v1::Finding& finding) {
   absl::MutexLock lock(&mu_);
-  v1::SequencedFinding item;
-  item.set_sequence(next_sequence_++);
-  *item.mutable_finding() = finding;
-  unacked_.push_back(std::move(item));
+  pending_.push_back(finding);
   ++stats_.enqueued;
-  while (unacked_.size() > options_.max_queue) {
-    unacked_.pop_front();
-    ++stats_.dropped;
+  while (pending_.size() > options_.max_queue) {
+    pending_.pop_front();
+    ++queue_dropped_;
   }
 }
 
 CollectorClient::Stats CollectorClient::stats() const {
+  Spool::Stats spool = spool_->stats();
   absl::MutexLock lock(&mu_);
   Stats s = stats_;
-  s.queue_depth = unacked_.size();
+  s.spool_dropped = spool.dropped_total;
+  s.spool_corrupt = spool.corrupt_total;
+  s.dropped = spool.dropped_total + spool.corrupt_total + queue_dropped_;
+  s.queue_depth = pending_.size() + spool.unacked;
+  s.spool_bytes = spool.bytes;
   return s;
 }
 
-void CollectorClient::Run() {
+void CollectorClient::RunSpooler() {
+  while (true) {
+    bool stop;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !pending_.empty();
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&ready), options_.sync_interval);
+      stop = stopping_;
+    }
+    SpoolPending(/*sync=*/stop);
+    if (stop) return;
+  }
+}
+
+void CollectorClient::SpoolPending(bool sync) {
+  std::deque<v1::Finding> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch.swap(pending_);
+  }
+  uint64_t last = 0;
+  uint64_t failed = 0;
+  for (const v1::Finding& finding : batch) {
+    absl::StatusOr<uint64_t> sequence = spool_->Append(finding);
+    if (sequence.ok()) {
+      last = *sequence;
+    } else {
+      ++failed;
+      if (failed == 1) Logf(LogLevel::kWarning, "%s", sequence.status().message());
+    }
+  }
+  const absl::Time now = absl::Now();
+  if (sync || now - last_sync_ >= options_.sync_interval) {
+    if (absl::Status s = spool_->Sync(); !s.ok()) Logf(LogLevel::kWarning, "%s", s.message());
+    last_sync_ = now;
+  }
+  absl::MutexLock lock(&mu_);
+  queue_dropped_ += failed;
+  spooled_sequence_ = std::max(spooled_sequence_, last);
+}
+
+void CollectorClient::RunDelivery() {
   absl::BitGen rng;
   absl::Duration backoff = options_.min_backoff;
   while (true) {
@@ -64,8 +221,8 @@ void CollectorClient::Run() {
     }
     bool progressed = RunStream();
     if (progressed) backoff = options_.min_backoff;
-    // Full jitter: sleep a random time up to the current backoff, so that a
-    // fleet of agents does not reconnect in lockstep after a collector restart.
+    // Full jitter: sleep a random time up to the current backoff, so that a fleet of agents
+    // does not reconnect in lockstep after a collector restart.
     absl::Duration sleep = absl::Nanoseconds(
         absl::Uniform<int64_t>(rng, 0, std::max<int64_t>(1, absl::ToInt64Nanoseconds(backoff))));
     backoff = std::min(backoff * 2, options_.max_backoff);
@@ -73,6 +230,24 @@ void CollectorClient::Run() {
     auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
     mu_.AwaitWithTimeout(absl::Condition(&stop), sleep);
   }
+}
+
+void CollectorClient::ReportLosses() {
+  const Spool::Lost lost = spool_->TakeLost();
+  uint64_t queue_lost;
+  {
+    absl::MutexLock lock(&mu_);
+    queue_lost = queue_dropped_ - queue_dropped_reported_;
+    queue_dropped_reported_ = queue_dropped_;
+  }
+  const uint64_t dropped = lost.dropped + queue_lost;
+  if (dropped + lost.corrupt == 0) return;
+  Logf(LogLevel::kWarning,
+       "%d findings were lost before delivery (%d spool full, %d damaged); reporting %s",
+       dropped + lost.corrupt, dropped, lost.corrupt, kFindingsDroppedRuleId);
+  Enqueue(MakeFindingsDroppedFinding(options_.node, dropped, lost.corrupt, absl::Now()));
+  absl::MutexLock lock(&mu_);
+  ++stats_.drop_reports;
 }
 
 bool CollectorClient::RunStream() {
@@ -92,13 +267,13 @@ bool CollectorClient::RunStream() {
     v1::ReportResponse response;
     while (stream->Read(&response)) {
       if (!response.has_ack()) continue;
-      uint64_t upto = response.ack().sequence();
-      absl::MutexLock lock(&mu_);
-      while (!unacked_.empty() && unacked_.front().sequence() <= upto) {
-        unacked_.pop_front();
-        ++stats_.acked;
+      const uint64_t covered = spool_->Ack(response.ack().sequence());
+      {
+        absl::MutexLock lock(&mu_);
+        stats_.acked += covered;
       }
       acked_any = true;
+      ReportLosses();
     }
     absl::MutexLock lock(&mu_);
     stream_broken_ = true;
@@ -115,40 +290,58 @@ bool CollectorClient::RunStream() {
   }
 
   // Everything unacked is (re)sent in order, starting from the oldest.
-  uint64_t sent_upto = 0;
-  while (ok) {
+  uint64_t sent_upto = spool_->stats().acked;
+  auto send_gap = [&](uint64_t through) {
     v1::ReportRequest request;
+    request.mutable_gap()->set_through(through);
+    ok = stream->Write(request);
+    if (ok) sent_upto = through;
+  };
+  while (ok) {
+    uint64_t spooled;
     {
       absl::MutexLock lock(&mu_);
       auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return stopping_ || stream_broken_ ||
-               (!unacked_.empty() && unacked_.back().sequence() > sent_upto);
+        return stopping_ || stream_broken_ || spooled_sequence_ > sent_upto;
       };
       mu_.Await(absl::Condition(&ready));
       if (stopping_ || stream_broken_) break;
-      auto it = std::find_if(unacked_.begin(), unacked_.end(),
-                             [&](const v1::SequencedFinding& f) { return f.sequence() > sent_upto; });
-      *request.mutable_finding() = *it;
+      spooled = spooled_sequence_;
     }
-    ok = stream->Write(request);
-    if (ok) {
-      sent_upto = request.finding().sequence();
+    std::vector<v1::SequencedFinding> batch = spool_->ReadAfter(sent_upto, kSendBatch);
+    if (batch.empty()) {
+      // Everything up to `spooled` that we had not sent is gone (dropped or damaged).
+      send_gap(spooled);
+      continue;
+    }
+    for (v1::SequencedFinding& item : batch) {
+      if (item.sequence() != sent_upto + 1) send_gap(item.sequence() - 1);
+      if (!ok) break;
+      v1::ReportRequest request;
+      const uint64_t sequence = item.sequence();
+      *request.mutable_finding() = std::move(item);
+      ok = stream->Write(request);
+      if (!ok) break;
+      sent_upto = sequence;
       absl::MutexLock lock(&mu_);
       ++stats_.sent;
     }
   }
 
-  context.TryCancel();
+  {
+    // When the collector ended the stream, Finish() reports its status (why it refused us);
+    // otherwise the reader still waits for acks and must be cancelled.
+    absl::MutexLock lock(&mu_);
+    if (!stream_broken_) context.TryCancel();
+  }
   reader.join();
   grpc::Status status = stream->Finish();
   absl::MutexLock lock(&mu_);
   live_context_ = nullptr;
-  if (stats_.connected || !stopping_) {
-    if (!stopping_) {
-      ++stats_.send_failures;
-      Logf(LogLevel::kWarning, "collector %s: stream ended: %s; will retry", options_.address,
-           status.error_message().empty() ? "connection failed" : status.error_message());
-    }
+  if (!stopping_) {
+    ++stats_.send_failures;
+    Logf(LogLevel::kWarning, "collector %s: stream ended: %s; will retry", options_.address,
+         status.error_message().empty() ? "connection failed" : status.error_message());
   }
   stats_.connected = false;
   return acked_any;

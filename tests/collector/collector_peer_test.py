@@ -6,11 +6,16 @@ classes that protoc generates at test time) streams a finding, lists it, and sen
 bytes to every method to prove the server answers with an error and keeps serving.
 
 mode "cli": tokenwatchctl and the collector's own flags, as an operator uses them.
+
+mode "tls": the collector with --tls-cert/--tls-key/--tls-client-ca and certificates from
+collector/tls/make-test-ca.sh; the Python client with its node's certificate streams and lists,
+without a certificate or claiming another node's name it is refused.
 """
 
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,15 +39,16 @@ def check(cond, what):
 class Collector:
     """A tokenwatch-collector on 127.0.0.1 with a free port and a temporary database."""
 
-    def __init__(self, binary, tmp):
+    def __init__(self, binary, tmp, extra=()):
         self.proc = subprocess.Popen(
-            [binary, "--listen", "127.0.0.1:0", "--db", os.path.join(tmp, "collector.db")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [binary, "--listen", "127.0.0.1:0", "--db", os.path.join(tmp, "collector.db")]
+            + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
-        if not line.startswith("listening on 127.0.0.1:"):
+        m = re.match(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if not m:
             self.proc.kill()
             raise RuntimeError("collector did not start: %r %s" % (line, self.proc.stderr.read()))
-        self.port = int(line.rsplit(":", 1)[1])
+        self.port = int(m.group(1))
         self.address = "127.0.0.1:%d" % self.port
 
     def stop(self):
@@ -239,6 +245,130 @@ def run_cli(args, tmp):
               "the finding shows token claims and connections")
         r = run(ctl + ["finding", str(uuid.uuid4())])
         check(r.returncode != 0 and "no finding" in r.stderr, "an unknown id is reported")
+        r = run(ctl + ["findings", "show", ids[0]])
+        check(r.returncode == 0 and "<== actor" in r.stdout, "findings show ID works")
+        r = run(ctl + ["findings", "list", "--json", "--limit", "2"])
+        check(len(r.stdout.strip().splitlines()) == 2, "findings list --limit 2: %r" % r.stdout)
+        r = run(ctl + ["findings", "list", "--json", "--pod", "api-0", "--until", "0s"])
+        check(len(r.stdout.strip().splitlines()) == 3, "--pod and --until filter: %r" % r.stdout)
+        r = run(ctl + ["findings", "list", "--json", "--until", "1h"])
+        check(r.returncode == 0 and r.stdout == "", "--until excludes newer: %r" % r.stdout)
+
+        # findings watch: a live tail that prints what arrives after it started.
+        watch = subprocess.Popen(ctl + ["findings", "watch", "--json", "--rule", "TW010"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)
+        channel = grpc.insecure_channel(collector.address)
+        report = channel.stream_stream(
+            "/tokenwatch.v1.Collector/Report",
+            request_serializer=collector_pb2.ReportRequest.SerializeToString,
+            response_deserializer=collector_pb2.ReportResponse.FromString)
+        live_id = str(uuid.uuid4())
+        acks = [a.ack.sequence for a in report(iter([
+            collector_pb2.ReportRequest(hello=collector_pb2.Hello(node="py-node",
+                                                                  agent_id="py-agent")),
+            collector_pb2.ReportRequest(finding=collector_pb2.SequencedFinding(
+                sequence=1, finding=make_finding(finding_pb2, live_id)))]), timeout=10)]
+        check(acks and acks[-1] == 1, "live finding acked")
+        channel.close()
+        line = watch.stdout.readline()
+        watch.send_signal(signal.SIGTERM)
+        watch.wait(timeout=10)
+        check(line and json.loads(line)["id"] == live_id, "findings watch prints it: %r" % line)
+    finally:
+        rc = collector.stop()
+    check(rc == 0, "the collector exits 0 on SIGTERM (got %r)" % rc)
+
+
+def run_tls(args, tmp):
+    import grpc
+    collector_pb2, finding_pb2 = generate_stubs(args.protoc, args.proto_dir, tmp)
+    ca = os.path.join(tmp, "ca")
+    subprocess.run(["sh", args.make_ca, ca, "py-node", "other-node"], check=True,
+                   capture_output=True)
+
+    def pem(name):
+        with open(os.path.join(ca, name), "rb") as f:
+            return f.read()
+
+    collector = Collector(args.collector, tmp, [
+        "--tls-cert", os.path.join(ca, "collector.pem"),
+        "--tls-key", os.path.join(ca, "collector.key"),
+        "--tls-client-ca", os.path.join(ca, "ca.pem")])
+    try:
+        def channel_with(cert):
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=pem("ca.pem"),
+                private_key=pem(cert + ".key") if cert else None,
+                certificate_chain=pem(cert + ".pem") if cert else None)
+            return grpc.secure_channel(collector.address, creds)
+
+        def stream(channel, node, finding_id):
+            report = channel.stream_stream(
+                "/tokenwatch.v1.Collector/Report",
+                request_serializer=collector_pb2.ReportRequest.SerializeToString,
+                response_deserializer=collector_pb2.ReportResponse.FromString)
+            f = make_finding(finding_pb2, finding_id)
+            f.node = node
+            return [r.ack.sequence for r in report(iter([
+                collector_pb2.ReportRequest(hello=collector_pb2.Hello(
+                    node=node, agent_id="py-agent")),
+                collector_pb2.ReportRequest(finding=collector_pb2.SequencedFinding(
+                    sequence=1, finding=f))]), timeout=10)]
+
+        def list_ids(channel):
+            list_findings = channel.unary_unary(
+                "/tokenwatch.v1.Collector/ListFindings",
+                request_serializer=collector_pb2.ListFindingsRequest.SerializeToString,
+                response_deserializer=collector_pb2.ListFindingsResponse.FromString)
+            return [f.id for f in list_findings(collector_pb2.ListFindingsRequest(),
+                                                timeout=10).findings]
+
+        good = channel_with("py-node")
+        good_id = str(uuid.uuid4())
+        check(stream(good, "py-node", good_id) == [1], "the node's own certificate is accepted")
+        check(list_ids(good) == [good_id], "and its finding is listed back over TLS")
+
+        try:
+            stream(channel_with(None), "py-node", str(uuid.uuid4()))
+            check(False, "a client without a certificate must be refused")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAVAILABLE,
+                  "no client certificate: refused in the handshake, got %s" % e.code())
+        try:
+            stream(channel_with("other-node"), "py-node", str(uuid.uuid4()))
+            check(False, "a client claiming another node's name must be refused")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.PERMISSION_DENIED,
+                  "another node's name: PERMISSION_DENIED, got %s" % e.code())
+        try:
+            # The right certificate and Hello, but a finding that names another node.
+            f_id = str(uuid.uuid4())
+            report = good.stream_stream(
+                "/tokenwatch.v1.Collector/Report",
+                request_serializer=collector_pb2.ReportRequest.SerializeToString,
+                response_deserializer=collector_pb2.ReportResponse.FromString)
+            f = make_finding(finding_pb2, f_id)
+            f.node = "other-node"
+            list(report(iter([collector_pb2.ReportRequest(hello=collector_pb2.Hello(
+                node="py-node", agent_id="py-agent")), collector_pb2.ReportRequest(
+                    finding=collector_pb2.SequencedFinding(sequence=1, finding=f))]), timeout=10))
+            check(False, "a finding for another node must be refused")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.PERMISSION_DENIED,
+                  "finding for another node: PERMISSION_DENIED, got %s" % e.code())
+        check(list_ids(good) == [good_id], "nothing refused was stored")
+
+        ctl = [args.ctl, "--collector", collector.address, "--tls-ca", os.path.join(ca, "ca.pem"),
+               "--tls-cert", os.path.join(ca, "operator.pem"),
+               "--tls-key", os.path.join(ca, "operator.key")]
+        r = subprocess.run(ctl + ["findings", "list", "--json"], capture_output=True, text=True,
+                           timeout=30)
+        check(r.returncode == 0 and good_id in r.stdout, "tokenwatchctl lists over mutual TLS")
+        r = subprocess.run(ctl[:3] + ["findings", "list"], capture_output=True, text=True,
+                           timeout=30)
+        check(r.returncode != 0, "tokenwatchctl without TLS is refused")
+        good.close()
     finally:
         rc = collector.stop()
     check(rc == 0, "the collector exits 0 on SIGTERM (got %r)" % rc)
@@ -246,15 +376,18 @@ def run_cli(args, tmp):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["python-client", "cli"])
+    parser.add_argument("mode", choices=["python-client", "cli", "tls"])
     parser.add_argument("--collector", required=True)
     parser.add_argument("--ctl")
     parser.add_argument("--protoc", required=True)
     parser.add_argument("--proto-dir", required=True)
+    parser.add_argument("--make-ca")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tw-collector-peer-") as tmp:
         if args.mode == "python-client":
             run_python_client(args, tmp)
+        elif args.mode == "tls":
+            run_tls(args, tmp)
         else:
             run_cli(args, tmp)
     print("%d passed, %d failed" % (PASSED, len(FAILURES)))

@@ -4,7 +4,11 @@
 
 #include <chrono>
 #include <filesystem>
+#include <set>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -337,6 +341,147 @@ TEST_F(CollectorServiceTest, ListFindingsFiltersAndGetFindingErrors) {
     EXPECT_EQ(stub_->ListFindings(&ctx, bad_severity, &resp).error_code(),
               grpc::StatusCode::INVALID_ARGUMENT);
   }
+}
+
+TEST_F(CollectorServiceTest, AGapLetsAcksMovePastSequencesTheAgentGaveUpOn) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  auto stream = stub_->Report(&ctx);
+  ASSERT_TRUE(stream->Write(Hello()));
+  ASSERT_TRUE(stream->Write(Sequenced(1, TestFinding(1))));
+  ExpectAck(stream.get(), 1);
+  // 2..5 were lost in the agent's spool; without the gap, 6 could never be acked.
+  ASSERT_TRUE(stream->Write(Sequenced(6, TestFinding(6))));
+  ReportRequest gap;
+  gap.mutable_gap()->set_through(5);
+  ASSERT_TRUE(stream->Write(gap));
+  ExpectAck(stream.get(), 6);
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(List().size(), 2u);
+}
+
+TEST_F(CollectorServiceTest, ManyConcurrentStreamsAreAllStoredAndAcked) {
+  constexpr int kStreams = 4;
+  constexpr uint64_t kPerStream = 500;
+  std::vector<std::thread> agents;
+  for (int a = 0; a < kStreams; ++a) {
+    agents.emplace_back([&, a] {
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx);
+      auto stream = stub_->Report(&ctx);
+      ASSERT_TRUE(stream->Write(Hello("node-a", absl::StrCat("agent-", a))));
+      for (uint64_t seq = 1; seq <= kPerStream; ++seq) {
+        ASSERT_TRUE(stream->Write(
+            Sequenced(seq, TestFinding(static_cast<uint32_t>(a * 100000 + seq)))));
+      }
+      ExpectAck(stream.get(), kPerStream);
+      stream->WritesDone();
+      EXPECT_TRUE(stream->Finish().ok());
+    });
+  }
+  for (std::thread& t : agents) t.join();
+  tokenwatch::v1::ListFindingsRequest all;
+  all.set_limit(10000);
+  EXPECT_EQ(List(all).size(), kStreams * kPerStream);
+}
+
+TEST_F(CollectorServiceTest, ListFindingsPagesThroughEverythingOnceNewestFirst) {
+  const absl::Time base = absl::Now() - absl::Hours(1);
+  for (uint32_t i = 0; i < 250; ++i) {
+    Finding f = TestFinding(i, base + absl::Seconds(i / 2));  // pairs share a time
+    if (i % 5 == 0) f.mutable_process()->mutable_pod()->set_name("odd-pod");
+    ASSERT_TRUE(store_->Upsert(f).ok());
+  }
+  tokenwatch::v1::ListFindingsRequest request;
+  request.set_limit(100);
+  std::vector<Finding> all;
+  int pages = 0;
+  for (;;) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    tokenwatch::v1::ListFindingsResponse resp;
+    ASSERT_TRUE(stub_->ListFindings(&ctx, request, &resp).ok());
+    ++pages;
+    all.insert(all.end(), resp.findings().begin(), resp.findings().end());
+    if (resp.next_page_token().empty()) break;
+    request.set_page_token(resp.next_page_token());
+  }
+  EXPECT_EQ(pages, 3);
+  ASSERT_EQ(all.size(), 250u);
+  std::set<std::string> ids;
+  for (size_t i = 0; i < all.size(); ++i) {
+    ids.insert(all[i].id());
+    if (i > 0) {
+      EXPECT_GE(all[i - 1].last_seen().seconds(), all[i].last_seen().seconds());
+    }
+  }
+  EXPECT_EQ(ids.size(), 250u) << "no finding twice across pages";
+
+  tokenwatch::v1::ListFindingsRequest by_pod;
+  by_pod.set_pod("odd-pod");
+  by_pod.set_limit(1000);
+  EXPECT_EQ(List(by_pod).size(), 50u);
+  by_pod.set_pod("api-0");  // the token owner's pod, in every test finding
+  EXPECT_EQ(List(by_pod).size(), 250u);
+
+  tokenwatch::v1::ListFindingsRequest window;
+  window.set_limit(1000);
+  testing::SetTime(window.mutable_since(), base + absl::Seconds(10));
+  testing::SetTime(window.mutable_until(), base + absl::Seconds(20));
+  EXPECT_EQ(List(window).size(), 20u) << "since is inclusive, until exclusive";
+
+  tokenwatch::v1::ListFindingsRequest forged;
+  forged.set_page_token("not-a-token");
+  grpc::ClientContext ctx;
+  tokenwatch::v1::ListFindingsResponse resp;
+  EXPECT_EQ(stub_->ListFindings(&ctx, forged, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(CollectorServiceTest, WatchFindingsStreamsEachNewOrGrownFindingThatMatches) {
+  grpc::ClientContext watch_ctx;
+  SetDeadline(&watch_ctx);
+  tokenwatch::v1::WatchFindingsRequest filter;
+  filter.set_rule_id("TW002");
+  auto watch = stub_->WatchFindings(&watch_ctx, filter);
+  grpc::ClientContext other_ctx;
+  SetDeadline(&other_ctx);
+  tokenwatch::v1::WatchFindingsRequest other_filter;
+  other_filter.set_node("another-node");
+  auto other = stub_->WatchFindings(&other_ctx, other_filter);
+  absl::SleepFor(absl::Milliseconds(200));  // let the subscriptions register
+
+  const Finding two = TestFinding(2);
+  Finding grown = two;
+  grown.set_count(3);
+  Finding other_rule = TestFinding(4);
+  other_rule.set_rule_id("TW001");
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    auto stream = stub_->Report(&ctx);
+    ASSERT_TRUE(stream->Write(Hello()));
+    ASSERT_TRUE(stream->Write(Sequenced(1, TestFinding(1))));
+    ASSERT_TRUE(stream->Write(Sequenced(2, two)));
+    ASSERT_TRUE(stream->Write(Sequenced(3, two)));  // identical re-send: not news
+    ASSERT_TRUE(stream->Write(Sequenced(4, other_rule)));       // filtered out
+    ASSERT_TRUE(stream->Write(Sequenced(5, grown)));            // a fold that grew: news
+    ExpectAck(stream.get(), 5);
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  std::vector<std::pair<std::string, uint64_t>> seen;
+  Finding f;
+  while (seen.size() < 3 && watch->Read(&f)) seen.emplace_back(f.id(), f.count());
+  EXPECT_EQ(seen, (std::vector<std::pair<std::string, uint64_t>>{
+                      {TestUuid(1), 1}, {TestUuid(2), 1}, {TestUuid(2), 3}}));
+  watch_ctx.TryCancel();
+  while (watch->Read(&f)) ADD_FAILURE() << "unexpected extra finding " << f.id();
+  watch->Finish();
+  other_ctx.TryCancel();
+  EXPECT_FALSE(other->Read(&f)) << "a watcher for another node got " << f.id();
+  other->Finish();
 }
 
 TEST(StartServer, FailsOnAPortInUse) {

@@ -90,5 +90,39 @@ TEST(ValidateFinding, BoundsStringsAndLists) {
   EXPECT_TRUE(ValidateFinding(f, absl::Now()).ok());
 }
 
+TEST(ValidateFinding, RejectsEnumValuesOutOfRange) {
+  Finding kind = TestFinding(1);
+  kind.mutable_token()->set_kind(static_cast<tokenwatch::v1::TokenKind>(9));
+  EXPECT_THAT(ValidateFinding(kind, absl::Now()).message(), HasSubstr("finding.token.kind"));
+  Finding path = TestFinding(1);
+  path.mutable_access()->set_path(static_cast<tokenwatch::v1::AccessPath>(-1));
+  EXPECT_THAT(ValidateFinding(path, absl::Now()).message(), HasSubstr("finding.access.path"));
+  Finding target = TestFinding(1);
+  target.add_connections()->set_target(static_cast<tokenwatch::v1::TargetKind>(77));
+  EXPECT_THAT(ValidateFinding(target, absl::Now()).message(),
+              HasSubstr("finding.connections[0].target"));
+}
+
+TEST(ParseReportRequest, RefusesGarbageEmptyMessagesAndZeroSequences) {
+  EXPECT_EQ(ParseReportRequest("\xff\xff\xff\xff\x01", absl::Now()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ParseReportRequest("", absl::Now()).status().message(), HasSubstr("neither"));
+  tokenwatch::v1::ReportRequest gap;
+  gap.mutable_gap()->set_through(0);
+  EXPECT_FALSE(ParseReportRequest(gap.SerializeAsString(), absl::Now()).ok());
+  tokenwatch::v1::ReportRequest finding;
+  finding.mutable_finding()->set_sequence(0);
+  *finding.mutable_finding()->mutable_finding() = TestFinding(1);
+  EXPECT_THAT(ParseReportRequest(finding.SerializeAsString(), absl::Now()).status().message(),
+              HasSubstr("sequence"));
+  finding.mutable_finding()->set_sequence(7);
+  EXPECT_TRUE(ParseReportRequest(finding.SerializeAsString(), absl::Now()).ok());
+  tokenwatch::v1::ReportRequest hello;
+  hello.mutable_hello()->set_node(std::string(5000, 'n'));
+  hello.mutable_hello()->set_agent_id("a");
+  EXPECT_THAT(ParseReportRequest(hello.SerializeAsString(), absl::Now()).status().message(),
+              HasSubstr("hello.node"));
+}
+
 }  // namespace
 }  // namespace tokenwatch::collector

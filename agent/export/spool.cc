@@ -1,0 +1,393 @@
+#include "agent/export/spool.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace tokenwatch::exporting {
+namespace {
+
+constexpr char kSegmentSuffix[] = ".seg";
+constexpr char kAckedFile[] = "acked";
+
+std::array<uint32_t, 256> MakeCrcTable() {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    table[i] = c;
+  }
+  return table;
+}
+
+uint32_t LoadLe32(const char* p) {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return uint32_t{u[0]} | uint32_t{u[1]} << 8 | uint32_t{u[2]} << 16 | uint32_t{u[3]} << 24;
+}
+
+void StoreLe32(uint32_t v, char* p) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+// The record at `offset`, if one with a valid checksum starts there.
+bool RecordAt(absl::string_view bytes, size_t offset, SpoolScan::Record* out) {
+  if (bytes.size() - offset < kSpoolRecordHeaderBytes) return false;
+  const char* p = bytes.data() + offset;
+  if (std::memcmp(p, kSpoolRecordMagic, 4) != 0) return false;
+  const uint32_t length = LoadLe32(p + 4);
+  if (length > kMaxSpoolPayloadBytes ||
+      length > bytes.size() - offset - kSpoolRecordHeaderBytes) {
+    return false;
+  }
+  const uint32_t crc = Crc32c(absl::string_view(p + kSpoolRecordHeaderBytes, length),
+                              Crc32c(absl::string_view(p + 4, 4)));
+  if (crc != LoadLe32(p + 8)) return false;
+  out->offset = offset;
+  out->size = kSpoolRecordHeaderBytes + length;
+  out->payload = absl::string_view(p + kSpoolRecordHeaderBytes, length);
+  return true;
+}
+
+absl::Status Errno(absl::string_view what, const std::string& path) {
+  return absl::UnavailableError(absl::StrCat("spool: ", what, " ", path, ": ",
+                                             std::strerror(errno)));
+}
+
+bool WriteAll(int fd, absl::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+bool PreadAll(int fd, char* buf, size_t size, uint64_t offset) {
+  while (size > 0) {
+    ssize_t n = pread(fd, buf, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    buf += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+uint32_t Crc32c(absl::string_view data, uint32_t crc) {
+  static const std::array<uint32_t, 256> kTable = MakeCrcTable();
+  crc = ~crc;
+  for (unsigned char c : data) crc = kTable[(crc ^ c) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+std::string EncodeSpoolRecord(absl::string_view payload) {
+  std::string out(kSpoolRecordHeaderBytes + payload.size(), '\0');
+  std::memcpy(out.data(), kSpoolRecordMagic, 4);
+  StoreLe32(static_cast<uint32_t>(payload.size()), out.data() + 4);
+  std::memcpy(out.data() + kSpoolRecordHeaderBytes, payload.data(), payload.size());
+  StoreLe32(Crc32c(payload, Crc32c(absl::string_view(out.data() + 4, 4))), out.data() + 8);
+  return out;
+}
+
+SpoolScan ScanSpoolSegment(absl::string_view bytes) {
+  SpoolScan scan;
+  size_t offset = 0;
+  bool in_damage = false;
+  while (offset < bytes.size()) {
+    SpoolScan::Record record;
+    if (RecordAt(bytes, offset, &record)) {
+      scan.records.push_back(record);
+      offset += record.size;
+      in_damage = false;
+      continue;
+    }
+    // Count a damaged stretch once, then look for the next magic.
+    if (!in_damage) ++scan.corrupt;
+    in_damage = true;
+    const size_t next = bytes.find(absl::string_view(kSpoolRecordMagic, 4), offset + 1);
+    if (next == absl::string_view::npos) break;
+    offset = next;
+  }
+  return scan;
+}
+
+absl::StatusOr<std::unique_ptr<Spool>> Spool::Open(Options options) {
+  if (options.dir.empty()) return absl::InvalidArgumentError("spool: no directory");
+  if (options.max_bytes < 8192) {
+    return absl::InvalidArgumentError("spool: max size must be at least 8 KiB");
+  }
+  if (options.segment_bytes == 0) {
+    options.segment_bytes =
+        std::clamp<uint64_t>(options.max_bytes / 16, 4096, uint64_t{16} * 1024 * 1024);
+  }
+  // At least two segments fit, so dropping the oldest always frees room for the active one.
+  options.segment_bytes = std::min(options.segment_bytes, options.max_bytes / 2);
+  std::unique_ptr<Spool> spool(new Spool(std::move(options)));
+  absl::MutexLock lock(&spool->mu_);
+  if (absl::Status s = spool->Load(); !s.ok()) return s;
+  return spool;
+}
+
+Spool::~Spool() {
+  absl::MutexLock lock(&mu_);
+  if (back_dirty_ && !segments_.empty()) fdatasync(segments_.back().fd);
+  for (Segment& segment : segments_) close(segment.fd);
+  if (acked_fd_ >= 0) close(acked_fd_);
+}
+
+absl::Status Spool::Load() {
+  const std::string& dir = options_.dir;
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return Errno("create", dir);
+
+  const std::string acked_path = absl::StrCat(dir, "/", kAckedFile);
+  acked_fd_ = open(acked_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (acked_fd_ < 0) return Errno("open", acked_path);
+  char buf[32] = {};
+  ssize_t n = pread(acked_fd_, buf, sizeof(buf) - 1, 0);
+  if (n > 0) {
+    uint64_t acked = 0;
+    // A damaged watermark only costs re-sends, which the collector absorbs.
+    if (absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::string_view(buf, n)), &acked)) {
+      acked_ = acked;
+    }
+  }
+  last_sequence_ = acked_;
+
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return Errno("list", dir);
+  std::vector<std::string> names;
+  while (dirent* e = readdir(d)) {
+    if (absl::EndsWith(e->d_name, kSegmentSuffix)) names.emplace_back(e->d_name);
+  }
+  closedir(d);
+  // Names are the zero-padded first sequence number, so name order is delivery order.
+  std::sort(names.begin(), names.end());
+
+  // Sequence numbers only grow; a record that goes back is not ours to trust.
+  uint64_t previous = 0;
+  for (const std::string& name : names) {
+    Segment segment;
+    segment.path = absl::StrCat(dir, "/", name);
+    segment.fd = open(segment.path.c_str(), O_RDWR | O_CLOEXEC);
+    if (segment.fd < 0) return Errno("open", segment.path);
+    struct stat st;
+    if (fstat(segment.fd, &st) != 0) {
+      close(segment.fd);
+      return Errno("stat", segment.path);
+    }
+    std::string bytes(static_cast<size_t>(st.st_size), '\0');
+    if (!PreadAll(segment.fd, bytes.data(), bytes.size(), 0)) {
+      close(segment.fd);
+      return Errno("read", segment.path);
+    }
+    SpoolScan scan = ScanSpoolSegment(bytes);
+    uint64_t corrupt = scan.corrupt;
+    tokenwatch::v1::SequencedFinding item;
+    for (const SpoolScan::Record& record : scan.records) {
+      if (!item.ParseFromArray(record.payload.data(), static_cast<int>(record.payload.size())) ||
+          item.sequence() == 0 || item.sequence() <= previous) {
+        ++corrupt;
+        continue;
+      }
+      previous = item.sequence();
+      last_sequence_ = std::max(last_sequence_, item.sequence());
+      if (item.sequence() <= acked_) continue;
+      segment.entries.push_back(
+          Entry{item.sequence(), record.offset, static_cast<uint32_t>(record.size)});
+    }
+    lost_.corrupt += corrupt;
+    corrupt_total_ += corrupt;
+    if (segment.entries.empty()) {
+      close(segment.fd);
+      unlink(segment.path.c_str());
+      continue;
+    }
+    segment.bytes = bytes.size();
+    total_bytes_ += segment.bytes;
+    segments_.push_back(std::move(segment));
+  }
+  back_active_ = false;
+  return absl::OkStatus();
+}
+
+absl::Status Spool::StartSegmentLocked(uint64_t first_sequence) {
+  if (back_active_ && back_dirty_) fdatasync(segments_.back().fd);
+  Segment segment;
+  segment.path =
+      absl::StrFormat("%s/%020d%s", options_.dir, first_sequence, kSegmentSuffix);
+  segment.fd = open(segment.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC,
+                    0600);
+  if (segment.fd < 0) return Errno("create", segment.path);
+  segments_.push_back(std::move(segment));
+  back_active_ = true;
+  back_dirty_ = false;
+  dir_dirty_ = true;
+  return absl::OkStatus();
+}
+
+uint64_t Spool::UnackedIn(const Segment& segment) const {
+  uint64_t n = 0;
+  for (const Entry& e : segment.entries) n += e.sequence > acked_;
+  return n;
+}
+
+void Spool::DropFrontLocked(bool count_unacked) {
+  Segment& front = segments_.front();
+  if (count_unacked) {
+    uint64_t lost = UnackedIn(front);
+    lost_.dropped += lost;
+    dropped_total_ += lost;
+  }
+  close(front.fd);
+  unlink(front.path.c_str());
+  total_bytes_ -= front.bytes;
+  if (segments_.size() == 1) back_active_ = false;
+  segments_.pop_front();
+}
+
+absl::StatusOr<uint64_t> Spool::Append(const tokenwatch::v1::Finding& finding) {
+  absl::MutexLock lock(&mu_);
+  tokenwatch::v1::SequencedFinding item;
+  item.set_sequence(last_sequence_ + 1);
+  *item.mutable_finding() = finding;
+  std::string payload;
+  if (!item.SerializeToString(&payload) || payload.size() > kMaxSpoolPayloadBytes) {
+    return absl::InvalidArgumentError("spool: finding too large to spool");
+  }
+  const std::string record = EncodeSpoolRecord(payload);
+
+  if (!back_active_ || segments_.back().bytes + record.size() > options_.segment_bytes) {
+    if (absl::Status s = StartSegmentLocked(item.sequence()); !s.ok()) return s;
+  }
+  // Full: the oldest findings go first, so the newest evidence survives a long outage.
+  while (total_bytes_ + record.size() > options_.max_bytes && segments_.size() > 1) {
+    DropFrontLocked(/*count_unacked=*/true);
+  }
+  Segment& back = segments_.back();
+  if (!WriteAll(back.fd, record)) {
+    absl::Status status = Errno("write", back.path);
+    // Whatever part landed is a torn record; a fresh segment keeps the next ones readable.
+    back_active_ = false;
+    return status;
+  }
+  back.entries.push_back(Entry{item.sequence(), back.bytes, static_cast<uint32_t>(record.size())});
+  back.bytes += record.size();
+  total_bytes_ += record.size();
+  back_dirty_ = true;
+  last_sequence_ = item.sequence();
+  return item.sequence();
+}
+
+absl::Status Spool::Sync() {
+  absl::MutexLock lock(&mu_);
+  if (back_active_ && back_dirty_ && !segments_.empty()) {
+    if (fdatasync(segments_.back().fd) != 0) return Errno("sync", segments_.back().path);
+    back_dirty_ = false;
+  }
+  if (dir_dirty_) {
+    // A new segment's directory entry must be durable too, or its records vanish with it.
+    int fd = open(options_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      fsync(fd);
+      close(fd);
+    }
+    dir_dirty_ = false;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<tokenwatch::v1::SequencedFinding> Spool::ReadAfter(uint64_t after, size_t max) {
+  std::vector<tokenwatch::v1::SequencedFinding> out;
+  absl::MutexLock lock(&mu_);
+  std::string buf;
+  for (Segment& segment : segments_) {
+    if (out.size() >= max) break;
+    if (segment.entries.empty() || segment.entries.back().sequence <= after) continue;
+    auto it = std::upper_bound(segment.entries.begin(), segment.entries.end(), after,
+                               [](uint64_t seq, const Entry& e) { return seq < e.sequence; });
+    while (it != segment.entries.end() && out.size() < max) {
+      buf.resize(it->size);
+      SpoolScan::Record record;
+      tokenwatch::v1::SequencedFinding item;
+      if (!PreadAll(segment.fd, buf.data(), buf.size(), it->offset) ||
+          !RecordAt(buf, 0, &record) ||
+          !item.ParseFromArray(record.payload.data(), static_cast<int>(record.payload.size())) ||
+          item.sequence() != it->sequence) {
+        // Damaged after we indexed it (the disk, or someone editing the file): skip it for good.
+        ++lost_.corrupt;
+        ++corrupt_total_;
+        it = segment.entries.erase(it);
+        continue;
+      }
+      out.push_back(std::move(item));
+      ++it;
+    }
+  }
+  return out;
+}
+
+uint64_t Spool::Ack(uint64_t sequence) {
+  absl::MutexLock lock(&mu_);
+  if (sequence <= acked_) return 0;
+  uint64_t covered = 0;
+  for (const Segment& segment : segments_) {
+    if (segment.entries.empty() || segment.entries.front().sequence > sequence) break;
+    for (const Entry& e : segment.entries) {
+      if (e.sequence > sequence) break;
+      covered += e.sequence > acked_;
+    }
+  }
+  acked_ = std::min(sequence, last_sequence_);
+  while (!segments_.empty() &&
+         (segments_.front().entries.empty() ||
+          segments_.front().entries.back().sequence <= acked_)) {
+    DropFrontLocked(/*count_unacked=*/false);
+  }
+  PersistAckedLocked();
+  return covered;
+}
+
+void Spool::PersistAckedLocked() {
+  // Not synced: a stale watermark after a crash only means re-sends, which are idempotent.
+  std::string text = absl::StrCat(acked_, "\n");
+  text.resize(21, ' ');
+  if (pwrite(acked_fd_, text.data(), text.size(), 0) < 0) return;
+}
+
+Spool::Lost Spool::TakeLost() {
+  absl::MutexLock lock(&mu_);
+  Lost lost = lost_;
+  lost_ = Lost{};
+  return lost;
+}
+
+Spool::Stats Spool::stats() const {
+  absl::MutexLock lock(&mu_);
+  Stats s;
+  s.bytes = total_bytes_;
+  s.segments = segments_.size();
+  for (const Segment& segment : segments_) s.unacked += UnackedIn(segment);
+  s.last_sequence = last_sequence_;
+  s.acked = acked_;
+  s.dropped_total = dropped_total_;
+  s.corrupt_total = corrupt_total_;
+  return s;
+}
+
+}  // namespace tokenwatch::exporting

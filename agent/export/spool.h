@@ -1,0 +1,151 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "tokenwatch/v1/collector.pb.h"
+
+namespace tokenwatch::exporting {
+
+// On-disk record framing of a spool segment. Every record is
+//   magic (4 bytes, "TWR1") | payload length (4, little-endian) | CRC-32C (4, little-endian,
+//   over the length bytes and the payload) | payload (a serialized SequencedFinding).
+// The magic lets a reader find the next record after a damaged one whose length it can no longer
+// trust, so one bad byte costs one record, not the rest of the segment.
+inline constexpr char kSpoolRecordMagic[4] = {'T', 'W', 'R', '1'};
+inline constexpr size_t kSpoolRecordHeaderBytes = 12;
+// A finding is bounded by the collector's validation to well under this.
+inline constexpr uint32_t kMaxSpoolPayloadBytes = 4 * 1024 * 1024;
+
+// CRC-32C (Castagnoli), the checksum of each spool record.
+uint32_t Crc32c(absl::string_view data, uint32_t crc = 0);
+
+// One framed record holding `payload`.
+std::string EncodeSpoolRecord(absl::string_view payload);
+
+// What ScanSpoolSegment found in a segment's bytes.
+struct SpoolScan {
+  struct Record {
+    size_t offset = 0;        // where the record (its magic) starts
+    size_t size = 0;          // header + payload
+    absl::string_view payload;  // points into the scanned bytes
+  };
+  std::vector<Record> records;
+  // Damaged stretches skipped: a bad checksum, a length past the end, bytes that are no record.
+  // A torn record at the very end (a crash mid-write) counts as one too.
+  uint64_t corrupt = 0;
+};
+
+// Parses a segment: every record whose checksum holds, in file order. After a damaged record the
+// reader resumes at the next magic that starts a valid record. Never fails; never reads outside
+// `bytes`. This is the parser the spool fuzz target drives.
+SpoolScan ScanSpoolSegment(absl::string_view bytes);
+
+// Spool is the agent's durable delivery queue under --state-dir: append-only segment files of
+// framed findings with sequence numbers, replayed in order after a reconnect or a restart until
+// the collector acks them. Segments whose findings are all acked are deleted. The total size is
+// bounded: to make room, the oldest segment is dropped even if unacked, and its unacked findings
+// are counted as lost, as are records found corrupt. Appends reach the file at once (write) and
+// the disk at Sync() (fsync), which the caller batches.
+//
+// Threading: all methods are safe from any thread; one mutex guards the index and the files.
+class Spool {
+ public:
+  struct Options {
+    std::string dir;
+    uint64_t max_bytes = 256ull * 1024 * 1024;
+    // Size at which a new segment is started; 0 picks max_bytes / 16 within [4 KiB, 16 MiB].
+    uint64_t segment_bytes = 0;
+  };
+
+  // Findings that will never be delivered, not yet reported (see TakeLost).
+  struct Lost {
+    uint64_t dropped = 0;  // the spool was full
+    uint64_t corrupt = 0;  // a damaged or unreadable record
+  };
+
+  struct Stats {
+    uint64_t bytes = 0;          // size of all segment files
+    uint64_t segments = 0;
+    uint64_t unacked = 0;        // findings stored and not yet acked
+    uint64_t last_sequence = 0;  // the newest sequence number handed out
+    uint64_t acked = 0;          // the collector's ack watermark
+    uint64_t dropped_total = 0;
+    uint64_t corrupt_total = 0;
+  };
+
+  // Opens the spool in `options.dir` (created if missing), indexes the segments left by an
+  // earlier run and skips (counting) damaged records. Fails if the directory is unusable.
+  static absl::StatusOr<std::unique_ptr<Spool>> Open(Options options);
+  ~Spool();
+  Spool(const Spool&) = delete;
+  Spool& operator=(const Spool&) = delete;
+
+  // Assigns the next sequence number to `finding` and appends it; returns the sequence number.
+  absl::StatusOr<uint64_t> Append(const tokenwatch::v1::Finding& finding)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Makes everything appended so far durable.
+  absl::Status Sync() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Up to `max` stored findings with a sequence number above `after`, in order. Records found
+  // damaged on the way are skipped and counted as lost.
+  std::vector<tokenwatch::v1::SequencedFinding> ReadAfter(uint64_t after, size_t max)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The collector stored everything up to `sequence`: deletes fully acked segments and persists
+  // the watermark. Returns how many stored findings this ack newly covered.
+  uint64_t Ack(uint64_t sequence) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Returns and resets the findings lost since the last call.
+  Lost TakeLost() ABSL_LOCKS_EXCLUDED(mu_);
+
+  Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Entry {
+    uint64_t sequence;
+    uint64_t offset;
+    uint32_t size;
+  };
+  struct Segment {
+    std::string path;
+    int fd = -1;
+    uint64_t bytes = 0;
+    std::deque<Entry> entries;
+  };
+
+  explicit Spool(Options options) : options_(std::move(options)) {}
+  absl::Status Load() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status StartSegmentLocked(uint64_t first_sequence) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropFrontLocked(bool count_unacked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t UnackedIn(const Segment& segment) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PersistAckedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable absl::Mutex mu_;
+  std::deque<Segment> segments_ ABSL_GUARDED_BY(mu_);
+  // True when the back segment takes appends; segments left by an earlier run never do, so a
+  // torn tail is never followed by new records.
+  bool back_active_ ABSL_GUARDED_BY(mu_) = false;
+  bool back_dirty_ ABSL_GUARDED_BY(mu_) = false;
+  bool dir_dirty_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t total_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t last_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;
+  int acked_fd_ ABSL_GUARDED_BY(mu_) = -1;
+  Lost lost_ ABSL_GUARDED_BY(mu_);
+  uint64_t dropped_total_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t corrupt_total_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace tokenwatch::exporting

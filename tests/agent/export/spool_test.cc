@@ -1,0 +1,224 @@
+// The durable spool: framing, replay after reopen, acks, corruption and the size bound.
+#include "agent/export/spool.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace tokenwatch::exporting {
+namespace {
+
+v1::Finding MakeFinding(int i, size_t summary_bytes = 40) {
+  v1::Finding f;
+  f.set_id(absl::StrCat("00000000-0000-4000-8000-", std::string(12 - std::to_string(i).size(),
+                                                                '0'),
+                        i));
+  f.set_node("node-1");
+  f.set_count(1);
+  f.set_rule_id("TW001");
+  f.set_summary(std::string(summary_bytes, 'x'));
+  return f;
+}
+
+std::vector<uint64_t> Sequences(const std::vector<v1::SequencedFinding>& items) {
+  std::vector<uint64_t> out;
+  for (const auto& item : items) out.push_back(item.sequence());
+  return out;
+}
+
+std::vector<uint64_t> Range(uint64_t from, uint64_t to) {
+  std::vector<uint64_t> out;
+  for (uint64_t i = from; i <= to; ++i) out.push_back(i);
+  return out;
+}
+
+class SpoolTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/tw-spool-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::unique_ptr<Spool> Open(uint64_t max_bytes = 1 << 20, uint64_t segment_bytes = 0) {
+    Spool::Options o;
+    o.dir = dir_ + "/spool";
+    o.max_bytes = max_bytes;
+    o.segment_bytes = segment_bytes;
+    auto spool = Spool::Open(o);
+    EXPECT_TRUE(spool.ok()) << spool.status();
+    return spool.ok() ? *std::move(spool) : nullptr;
+  }
+
+  std::vector<std::string> Segments() {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(dir_ + "/spool")) {
+      if (e.path().extension() == ".seg") out.push_back(e.path().string());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  std::string dir_;
+};
+
+TEST(SpoolRecord, ScanFindsEveryRecordOfAnIntactSegment) {
+  std::string bytes = EncodeSpoolRecord("alpha") + EncodeSpoolRecord("") +
+                      EncodeSpoolRecord(std::string(1000, 'b'));
+  SpoolScan scan = ScanSpoolSegment(bytes);
+  ASSERT_EQ(scan.records.size(), 3u);
+  EXPECT_EQ(scan.corrupt, 0u);
+  EXPECT_EQ(scan.records[0].payload, "alpha");
+  EXPECT_EQ(scan.records[1].payload, "");
+  EXPECT_EQ(scan.records[2].payload.size(), 1000u);
+}
+
+TEST(SpoolRecord, AnyFlippedByteCostsExactlyThatRecord) {
+  const std::string a = EncodeSpoolRecord("first record");
+  const std::string b = EncodeSpoolRecord("second record, the one we damage");
+  const std::string c = EncodeSpoolRecord("third record");
+  for (size_t i = 0; i < b.size(); ++i) {
+    std::string bytes = a + b + c;
+    bytes[a.size() + i] ^= 0x5a;
+    SpoolScan scan = ScanSpoolSegment(bytes);
+    ASSERT_EQ(scan.records.size(), 2u) << "byte " << i;
+    EXPECT_EQ(scan.records[0].payload, "first record");
+    EXPECT_EQ(scan.records[1].payload, "third record") << "byte " << i;
+    EXPECT_EQ(scan.corrupt, 1u) << "byte " << i;
+  }
+}
+
+TEST(SpoolRecord, TornTailIsCountedAndGarbageNeverCrashes) {
+  const std::string a = EncodeSpoolRecord("whole");
+  const std::string b = EncodeSpoolRecord("torn by a crash");
+  SpoolScan scan = ScanSpoolSegment(a + b.substr(0, b.size() - 3));
+  ASSERT_EQ(scan.records.size(), 1u);
+  EXPECT_EQ(scan.corrupt, 1u);
+
+  std::mt19937 rng(7);
+  for (int round = 0; round < 200; ++round) {
+    std::string junk(rng() % 300, '\0');
+    for (char& ch : junk) ch = static_cast<char>(rng());
+    if (round % 2 == 0) junk.insert(rng() % (junk.size() + 1), "TWR1");
+    SpoolScan s = ScanSpoolSegment(junk);
+    for (const auto& r : s.records) {
+      EXPECT_LE(r.offset + r.size, junk.size());
+    }
+  }
+}
+
+TEST_F(SpoolTest, AppendedFindingsReadBackInOrderAndAcksDeleteSegments) {
+  auto spool = Open(1 << 20, 4096);
+  for (int i = 1; i <= 100; ++i) ASSERT_EQ(*spool->Append(MakeFinding(i)), uint64_t(i));
+  ASSERT_TRUE(spool->Sync().ok());
+  EXPECT_GT(Segments().size(), 1u);
+  EXPECT_EQ(Sequences(spool->ReadAfter(0, 1000)), Range(1, 100));
+  EXPECT_EQ(Sequences(spool->ReadAfter(40, 5)), Range(41, 45));
+  EXPECT_EQ(spool->ReadAfter(0, 1)[0].finding().id(), MakeFinding(1).id());
+
+  EXPECT_EQ(spool->Ack(60), 60u);
+  EXPECT_EQ(spool->stats().unacked, 40u);
+  EXPECT_EQ(spool->Ack(100), 40u);
+  EXPECT_EQ(spool->stats().unacked, 0u);
+  EXPECT_TRUE(Segments().empty()) << "fully acked segments are deleted";
+}
+
+TEST_F(SpoolTest, ReopenReplaysOnlyTheUnackedAndKeepsNumbering) {
+  {
+    auto spool = Open(1 << 20, 4096);
+    for (int i = 1; i <= 50; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
+    spool->Ack(20);
+    ASSERT_TRUE(spool->Sync().ok());
+  }
+  auto spool = Open(1 << 20, 4096);
+  EXPECT_EQ(Sequences(spool->ReadAfter(0, 1000)), Range(21, 50));
+  EXPECT_EQ(spool->stats().acked, 20u);
+  EXPECT_EQ(*spool->Append(MakeFinding(51)), 51u) << "sequence numbers continue";
+  spool->Ack(51);
+  spool.reset();
+  spool = Open(1 << 20, 4096);
+  EXPECT_TRUE(spool->ReadAfter(0, 1000).empty());
+  EXPECT_EQ(*spool->Append(MakeFinding(52)), 52u) << "numbering survives an empty spool";
+}
+
+TEST_F(SpoolTest, OneCorruptByteSkipsOneRecordAndTheRestIsDelivered) {
+  {
+    auto spool = Open(1 << 20, 1 << 16);
+    for (int i = 1; i <= 20; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
+    ASSERT_TRUE(spool->Sync().ok());
+  }
+  std::vector<std::string> segments = Segments();
+  ASSERT_EQ(segments.size(), 1u);
+  std::fstream file(segments[0], std::ios::in | std::ios::out | std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  const size_t record_size = bytes.size() / 20;
+  // A byte in the middle of record 10's payload.
+  const size_t offset = 9 * record_size + record_size / 2;
+  file.seekp(static_cast<std::streamoff>(offset));
+  file.put(static_cast<char>(bytes[offset] ^ 0x01));
+  file.close();
+
+  auto spool = Open(1 << 20, 1 << 16);
+  std::vector<uint64_t> expected = Range(1, 20);
+  expected.erase(expected.begin() + 9);
+  EXPECT_EQ(Sequences(spool->ReadAfter(0, 1000)), expected);
+  EXPECT_EQ(spool->stats().corrupt_total, 1u);
+  Spool::Lost lost = spool->TakeLost();
+  EXPECT_EQ(lost.corrupt, 1u);
+  EXPECT_EQ(lost.dropped, 0u);
+  EXPECT_EQ(spool->TakeLost().corrupt, 0u) << "a loss is reported once";
+}
+
+TEST_F(SpoolTest, DamageAfterOpenIsSkippedWhenRead) {
+  auto spool = Open(1 << 20, 1 << 16);
+  for (int i = 1; i <= 5; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
+  ASSERT_TRUE(spool->Sync().ok());
+  std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
+  file.seekp(kSpoolRecordHeaderBytes + 3);  // inside record 1's payload
+  file.put('\xee');
+  file.close();
+  EXPECT_EQ(Sequences(spool->ReadAfter(0, 100)), Range(2, 5));
+  EXPECT_EQ(spool->TakeLost().corrupt, 1u);
+}
+
+TEST_F(SpoolTest, AFullSpoolDropsTheOldestAndCountsThem) {
+  auto spool = Open(16384, 4096);
+  for (int i = 1; i <= 400; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i, 100)).ok());
+  Spool::Stats stats = spool->stats();
+  EXPECT_LE(stats.bytes, 16384u);
+  EXPECT_GT(stats.dropped_total, 0u);
+  EXPECT_EQ(stats.dropped_total + stats.unacked, 400u) << "every finding is stored or counted";
+  std::vector<uint64_t> left = Sequences(spool->ReadAfter(0, 1000));
+  ASSERT_FALSE(left.empty());
+  EXPECT_EQ(left.back(), 400u) << "the newest survive";
+  EXPECT_EQ(left, Range(401 - left.size(), 400)) << "only the oldest are dropped";
+  EXPECT_EQ(spool->TakeLost().dropped, stats.dropped_total);
+}
+
+TEST_F(SpoolTest, AckedFindingsAreNotCountedWhenTheirSegmentGoes) {
+  auto spool = Open(16384, 4096);
+  for (int i = 1; i <= 400; ++i) {
+    ASSERT_TRUE(spool->Append(MakeFinding(i, 100)).ok());
+    spool->Ack(static_cast<uint64_t>(i));
+  }
+  EXPECT_EQ(spool->stats().dropped_total, 0u);
+}
+
+TEST_F(SpoolTest, RefusesAnUnusableDirectory) {
+  Spool::Options o;
+  o.dir = "/proc/tw-no-such/spool";
+  EXPECT_FALSE(Spool::Open(o).ok());
+}
+
+}  // namespace
+}  // namespace tokenwatch::exporting
