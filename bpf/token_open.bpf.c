@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * token_open: report every open of a watched token file.
+ * token_open: report every open of a watched token file, with the reader's
+ * lineage as it is at that moment.
  *
  * The agent loads the (device, inode) of every token file on the node into
  * the tokens map. Matching the opened struct file rather than the path
@@ -14,6 +15,8 @@
 #include <bpf/bpf_tracing.h>
 
 #include "tokenwatch/token_open.h"
+#include "procs.bpf.h"
+#include "path.bpf.h"
 #include "task.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -21,6 +24,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* set by the agent before load */
 const volatile __u32 self_tgid = 0; /* the agent's own reads are not events */
 const volatile __u64 wakeup_bytes = 64 * 1024; /* wake the reader past this */
+const volatile __u32 max_depth = TW_MAX_ANCESTORS; /* ancestors to carry */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -31,7 +35,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
 struct {
@@ -40,6 +44,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
+
+/* records are far larger than the BPF stack: build them here */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tw_token_open);
+} record_scratch SEC(".maps");
 
 static __always_inline void stats__inc(__u32 idx)
 {
@@ -60,15 +72,45 @@ static __always_inline __u64 ring__flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
+/* the reader when the process table does not know it (evicted) */
+static __always_inline void reader__from_task(struct tw_proc *r, struct task_struct *task)
+{
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long arg_start, arg_end, len;
+	long n;
+
+	proc__fill_from_task(r, task);
+	proc__key(BPF_CORE_READ(task, real_parent), &r->parent);
+	r->cgroup_id = bpf_get_current_cgroup_id();
+	r->flags = 0;
+	r->exit_ns = 0;
+	n = path__of_file(task, BPF_CORE_READ(mm, exe_file), r->exe);
+	if (n < 0) {
+		r->flags |= TW_PROC_EXE_CUT;
+		n = 0;
+	}
+	r->exe_len = n;
+	arg_start = BPF_CORE_READ(mm, arg_start);
+	arg_end = BPF_CORE_READ(mm, arg_end);
+	len = arg_end - arg_start;
+	if (len > argv_max)
+		len = argv_max;
+	len &= (TW_ARGV_LEN << 1) - 1;
+	r->argv_len = 0;
+	if (len && len <= TW_ARGV_LEN && !bpf_probe_read_user(r->argv, len, (void *)arg_start))
+		r->argv_len = len;
+}
+
 static __always_inline void emit_if_token(long ret, __u32 syscall)
 {
 	struct task_struct *task;
 	struct tw_token_open *e;
 	struct tw_file_id id = {};
+	struct tw_proc_key key;
+	struct tw_proc *p;
 	struct file *file;
-	struct mm_struct *mm;
-	unsigned long arg_start, arg_end, len;
-	__u64 id_tgid, uid_gid;
+	__u64 id_tgid, size;
+	__u32 zero = 0, i, n = 0;
 
 	if (ret < 0)
 		return;
@@ -89,49 +131,56 @@ static __always_inline void emit_if_token(long ret, __u32 syscall)
 		return;
 	stats__inc(TW_STAT_TOKEN_OPENS);
 
-	/* reserve; a full ring is counted, never fatal */
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		stats__inc(TW_STAT_RING_FULL);
+	e = bpf_map_lookup_elem(&record_scratch, &zero);
+	if (!e)
 		return;
-	}
 
-	/* fill */
+	/* fill the open itself */
 	e->hdr.type = TW_EVENT_TOKEN_OPEN;
-	e->hdr.size = sizeof(*e);
 	e->hdr.ts_ns = bpf_ktime_get_boot_ns();
 	e->tgid = id_tgid >> 32;
 	e->pid = (__u32)id_tgid;
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	uid_gid = bpf_get_current_uid_gid();
-	e->uid = (__u32)uid_gid;
-	e->gid = uid_gid >> 32;
 	e->flags = BPF_CORE_READ(file, f_flags);
 	e->syscall = syscall;
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->start_boottime_ns = task__start_boottime(task);
 	e->file = id;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->truncated = 0;
 
-	/* the binary's name and the head of argv, while the process exists */
-	mm = BPF_CORE_READ(task, mm);
-	e->exe_name[0] = '\0';
-	bpf_probe_read_kernel_str(e->exe_name, sizeof(e->exe_name),
-				  BPF_CORE_READ(mm, exe_file, f_path.dentry, d_name.name));
-	arg_start = BPF_CORE_READ(mm, arg_start);
-	arg_end = BPF_CORE_READ(mm, arg_end);
-	len = arg_end - arg_start;
-	if (len > TW_ARGV_LEN)
-		len = TW_ARGV_LEN;
-	e->argv_len = 0;
-	/* the mask keeps the verifier sure of the bound */
-	len &= (TW_ARGV_LEN << 1) - 1;
-	if (len && len <= TW_ARGV_LEN &&
-	    !bpf_probe_read_user(e->argv, len, (void *)arg_start))
-		e->argv_len = len;
+	/* the reader, from the process table when it knows it */
+	proc__key(task, &key);
+	p = proc__lookup(&key);
+	if (p) {
+		bpf_probe_read_kernel(&e->reader, sizeof(e->reader), p);
+		e->reader_known = 1;
+	} else {
+		reader__from_task(&e->reader, task);
+		e->reader_known = 0;
+		stats__inc(TW_STAT_PROC_MISSING);
+	}
 
-	/* submit */
-	bpf_ringbuf_submit(e, ring__flags());
+	/* the ancestors, following the parents recorded at fork */
+	key = e->reader.parent;
+	for (i = 0; i < TW_MAX_ANCESTORS; i++) {
+		if (i >= max_depth || key.tgid == 0)
+			break;
+		p = proc__lookup(&key);
+		if (!p)
+			break;
+		bpf_probe_read_kernel(&e->ancestors[i], sizeof(e->ancestors[i]), p);
+		key = p->parent;
+		n = i + 1;
+	}
+	if (n >= max_depth && key.tgid != 0)
+		e->truncated = 1;
+	e->n_ancestors = n;
+
+	/* submit only what is used; a full ring is counted, never fatal */
+	size = TW_TOKEN_OPEN_FIXED_SIZE + (__u64)n * sizeof(struct tw_proc);
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	e->hdr.size = size;
+	if (bpf_ringbuf_output(&events, e, size, ring__flags()))
+		stats__inc(TW_STAT_RING_FULL);
 }
 
 /*

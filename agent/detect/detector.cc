@@ -68,6 +68,17 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
     summary = absl::StrFormat(
         "%s in pod %s read the service-account token of another pod, %s (service account %s).",
         Actor(reader), reader_pod_name, PodName(token), token.claims.service_account);
+  } else if (reader.exec_session) {
+    // Someone entered the container (kubectl exec and the like) and read
+    // the token: a person at a shell, not the workload.
+    reader_pod = reader.container->pod_uid;
+    rule_id = "TW004";
+    rule_name = "token-read-exec-session";
+    severity = v1::SEVERITY_HIGH;
+    summary = absl::StrFormat(
+        "%s, started through an exec session into pod %s, read the pod's service-account token "
+        "(service account %s).",
+        Actor(reader), PodName(token), token.claims.service_account);
   } else {
     reader_pod = reader.container->pod_uid;
     bool tool = IsShellOrTool(reader.exe, reader.comm);
@@ -101,6 +112,8 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   }
   v1::Finding finding = BuildTokenReadFinding(options_.node, options_.hook_mode, read, rule_id,
                                                rule_name, severity, summary);
+  // Lineage through an exec session is "Container Administration Command".
+  if (reader.exec_session) finding.add_mitre("T1609");
   if (options_.dedup_window > absl::ZeroDuration()) {
     folds_[key] = Fold{finding, read.time, false};
   }

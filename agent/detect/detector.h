@@ -29,7 +29,9 @@ struct DetectorOptions {
 // Rules: TW001 token-read-unexpected (a process of the owner pod that is not
 // the container's entrypoint binary; high for shells, interpreters and
 // transfer tools), TW002 token-read-cross-pod (a process of another pod),
-// TW003 token-read-host (a host process other than the node's components).
+// TW003 token-read-host (a host process other than the node's components),
+// TW004 token-read-exec-session (a process of the owner pod that entered
+// through an exec session rather than descending from the entrypoint).
 //
 // Threading: not thread-safe; the event thread owns it.
 class Detector {

@@ -93,16 +93,8 @@ absl::Status Agent::Init() {
   metrics_ = std::make_unique<metrics::AgentMetrics>(kVersion, kGitCommit, KernelRelease());
   metrics_->SetHookMode(hook_mode_);
 
-  probes::TokenOpenProbe::Options probe_options;
-  probe_options.self_tgid = static_cast<uint32_t>(getpid());
-  if (const char* btf = std::getenv("TOKENWATCH_BTF_PATH"); btf != nullptr) {
-    probe_options.btf_path = btf;
-  }
-  auto probe = probes::TokenOpenProbe::Create(probe_options);
-  if (!probe.ok()) return probe.status();
-  probe_ = *std::move(probe);
-  for (const std::string& name : probe_->attached()) metrics_->SetProbeAttached(name, true);
-  health_.SetProbesAttached(true);
+  std::string btf_path;
+  if (const char* btf = std::getenv("TOKENWATCH_BTF_PATH"); btf != nullptr) btf_path = btf;
 
   auto cgroups = k8s::CgroupResolver::Create();
   if (!cgroups.ok()) {
@@ -112,8 +104,35 @@ absl::Status Agent::Init() {
   cgroups_ = *std::move(cgroups);
   auto mount = k8s::FindCgroup2Mount();
   entrypoints_ = std::make_unique<process::EntrypointResolver>(mount.ok() ? *mount : "", &proc_);
-  lineage_ = std::make_unique<process::LineageBuilder>(process::LineageBuilder::Options{},
-                                                       &proc_, cgroups_.get(), &clock_);
+
+  // The process table first, so that lineage is complete from the moment
+  // token opens are seen; then seed it with the processes already running.
+  probes::ProcessProbe::Options process_options;
+  process_options.btf_path = btf_path;
+  process_options.max_processes = config_.process_table_size;
+  process_options.max_exited = std::max<uint32_t>(1024, config_.process_table_size / 4);
+  process_options.argv_bytes = config_.argv_bytes;
+  auto processes = probes::ProcessProbe::Create(process_options);
+  if (!processes.ok()) return processes.status();
+  processes_ = *std::move(processes);
+  auto seeded = processes_->Seed(proc_.root(), mount.ok() ? *mount : "");
+  if (!seeded.ok()) return seeded.status();
+  for (const std::string& name : processes_->attached()) metrics_->SetProbeAttached(name, true);
+
+  probes::TokenOpenProbe::Options probe_options;
+  probe_options.self_tgid = static_cast<uint32_t>(getpid());
+  probe_options.btf_path = btf_path;
+  probe_options.procs_fd = processes_->procs_fd();
+  probe_options.max_depth = config_.lineage_depth;
+  probe_options.argv_bytes = config_.argv_bytes;
+  probe_options.exited_fd = processes_->exited_fd();
+  auto probe = probes::TokenOpenProbe::Create(probe_options);
+  if (!probe.ok()) return probe.status();
+  probe_ = *std::move(probe);
+  for (const std::string& name : probe_->attached()) metrics_->SetProbeAttached(name, true);
+  health_.SetProbesAttached(true);
+  lineage_ = std::make_unique<process::LineageBuilder>(
+      process::LineageBuilder::Options{config_.lineage_depth}, &proc_, cgroups_.get(), &clock_);
 
   detect::DetectorOptions detector_options;
   detector_options.node = config_.node_name;
@@ -133,7 +152,15 @@ absl::Status Agent::Init() {
     options.node = config_.node_name;
     options.agent_id = agent_id_;
     options.version = kVersion;
-    collector_ = std::make_unique<exporting::CollectorClient>(options);
+    options.spool.dir = absl::StrCat(config_.state_dir, "/spool");
+    options.spool.max_bytes = config_.spool_max_bytes;
+    options.sync_interval = config_.spool_sync_interval;
+    options.tls_ca = config_.collector_tls_ca;
+    options.tls_cert = config_.collector_tls_cert;
+    options.tls_key = config_.collector_tls_key;
+    auto client = exporting::CollectorClient::Create(options);
+    if (!client.ok()) return client.status();
+    collector_ = *std::move(client);
     collector_->Start();
   }
 
@@ -159,10 +186,10 @@ absl::Status Agent::Init() {
   health_.Heartbeat();
 
   Logf(LogLevel::kInfo,
-       "tokenwatch-agent %s on node %s: hook mode %s (%s), %d tokens watched under %s, "
-       "metrics on %s, findings to %s%s",
+       "tokenwatch-agent %s on node %s: hook mode %s (%s), %d processes seeded, %d tokens "
+       "watched under %s, metrics on %s, findings to %s%s",
        kVersion, config_.node_name, hook_mode_, absl::StrJoin(probe_->attached(), ", "),
-       inventory_->Snapshot().size(), config_.kubelet_root, config_.metrics_address,
+       *seeded, inventory_->Snapshot().size(), config_.kubelet_root, config_.metrics_address,
        config_.findings_out,
        config_.collector.empty() ? "" : absl::StrCat(" and collector ", config_.collector));
   return absl::OkStatus();
@@ -252,6 +279,15 @@ void Agent::Housekeeping() {
   metrics_->SetFolded(detector_->folded());
   auto stats = probe_->ReadStats();
   metrics_->KernelDrops("ring_full", stats[TW_STAT_RING_FULL]);
+  if (absl::Now() >= next_table_count_) {
+    // Walking the table's keys costs a syscall each: not every second.
+    metrics_->SetProcessesTracked(static_cast<double>(processes_->CountEntries()));
+    next_table_count_ = absl::Now() + absl::Seconds(15);
+  }
+  auto proc_stats = processes_->ReadStats();
+  metrics_->KernelDrops("proc_table_update_failed", proc_stats[TW_STAT_PROC_UPDATE_FAILED]);
+  metrics_->KernelDrops("proc_table_evicted",
+                        proc_stats[TW_STAT_PROC_MISSING] + stats[TW_STAT_PROC_MISSING]);
   if (collector_ != nullptr) {
     exporting::CollectorClient::Stats s = collector_->stats();
     metrics_->SetExport(s.queue_depth, s.sent, s.acked, s.send_failures, s.dropped, s.connected);

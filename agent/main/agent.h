@@ -14,6 +14,7 @@
 #include "agent/main/config.h"
 #include "agent/metrics/agent_metrics.h"
 #include "agent/metrics/http_server.h"
+#include "agent/probes/process_probe.h"
 #include "agent/probes/token_open_probe.h"
 #include "agent/process/lineage.h"
 #include "agent/process/proc_reader.h"
@@ -45,12 +46,14 @@ class Agent {
   std::string agent_id_;
   std::string hook_mode_;
   std::atomic<bool> stop_{false};
+  absl::Time next_table_count_ = absl::InfinitePast();
 
   process::BootClock clock_;
   process::ProcReader proc_;
   std::unique_ptr<metrics::AgentMetrics> metrics_;
   metrics::Health health_;
   std::unique_ptr<metrics::HttpServer> http_;
+  std::unique_ptr<probes::ProcessProbe> processes_;
   std::unique_ptr<probes::TokenOpenProbe> probe_;
   std::unique_ptr<k8s::CgroupResolver> cgroups_;
   std::unique_ptr<process::EntrypointResolver> entrypoints_;

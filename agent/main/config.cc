@@ -46,6 +46,16 @@ absl::Status SetDuration(const std::string& value, absl::Duration* out) {
   return absl::OkStatus();
 }
 
+absl::Status SetBoundedInt(const std::string& value, uint32_t min, uint32_t max, uint32_t* out) {
+  uint32_t n = 0;
+  if (!absl::SimpleAtoi(value, &n) || n < min || n > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", value, "' is not a whole number from ", min, " to ", max));
+  }
+  *out = n;
+  return absl::OkStatus();
+}
+
 absl::Status NonEmpty(const std::string& value) {
   if (value.empty()) return absl::InvalidArgumentError("must not be empty");
   return absl::OkStatus();
@@ -67,6 +77,21 @@ const std::vector<Setting>& Settings() {
        [](const std::string& v, AgentConfig* c) {
          c->collector = v;
          return v.empty() ? absl::OkStatus() : CheckHostPort(v);
+       }},
+      {"collector-tls-ca", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->collector_tls_ca = v;
+         return NonEmpty(v);
+       }},
+      {"collector-tls-cert", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->collector_tls_cert = v;
+         return NonEmpty(v);
+       }},
+      {"collector-tls-key", false, false,
+       [](const std::string& v, AgentConfig* c) {
+         c->collector_tls_key = v;
+         return NonEmpty(v);
        }},
       {"findings-out", false, false,
        [](const std::string& v, AgentConfig* c) {
@@ -116,6 +141,48 @@ const std::vector<Setting>& Settings() {
          }
          return s;
        }},
+      {"spool-max-bytes", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         // A plain byte count or one with a KiB/MiB/GiB suffix.
+         uint64_t multiplier = 1;
+         std::string number = v;
+         for (auto [suffix, m] : {std::pair<const char*, uint64_t>{"KiB", 1024},
+                                  {"MiB", 1024 * 1024},
+                                  {"GiB", 1024 * 1024 * 1024}}) {
+           if (absl::EndsWith(v, suffix)) {
+             multiplier = m;
+             number = v.substr(0, v.size() - 3);
+           }
+         }
+         uint64_t n = 0;
+         if (!absl::SimpleAtoi(number, &n) || n * multiplier < 8192 ||
+             n > (uint64_t{1} << 50) / multiplier) {
+           return absl::InvalidArgumentError(
+               absl::StrCat("'", v, "' is not a size of at least 8KiB such as 256MiB"));
+         }
+         c->spool_max_bytes = n * multiplier;
+         return absl::OkStatus();
+       }},
+      {"spool-sync-interval", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         absl::Status s = SetDuration(v, &c->spool_sync_interval);
+         if (s.ok() && c->spool_sync_interval <= absl::ZeroDuration()) {
+           return absl::InvalidArgumentError("must be more than 0");
+         }
+         return s;
+       }},
+      {"lineage-depth", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         return SetBoundedInt(v, 1, 16, &c->lineage_depth);
+       }},
+      {"argv-bytes", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         return SetBoundedInt(v, 16, 256, &c->argv_bytes);
+       }},
+      {"process-table-size", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         return SetBoundedInt(v, 1024, 1 << 20, &c->process_table_size);
+       }},
       {"extra-token-paths", true, true,
        [](const std::string& v, AgentConfig* c) {
          c->extra_token_paths.push_back(v);
@@ -157,6 +224,9 @@ reports unexpected readers. Works with no flags on a standard node.
   --kubelet-root DIR        kubelet root directory (default /var/lib/kubelet)
   --node-name NAME          node name (default $NODE_NAME, else the host name)
   --collector HOST:PORT     stream findings to this collector (default: none)
+  --collector-tls-ca FILE   verify the collector with this CA (PEM); enables TLS
+  --collector-tls-cert FILE client certificate for the collector (PEM)
+  --collector-tls-key FILE  its private key (PEM)
   --findings-out PATH|-     JSON lines output, one finding a line (default -)
   --metrics-address H:P     /metrics, /healthz, /readyz (default 0.0.0.0:9750)
   --apiserver HOST:PORT     an API server address to watch (repeatable)

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -22,11 +23,22 @@ struct AgentConfig {
   std::string state_dir = "/var/lib/tokenwatch";
   std::string hook_mode = "auto";
   std::string log_level = "info";
+  // TLS to the collector (PEM files): the CA that signed the collector's certificate, and the
+  // agent's client certificate and key when the collector requires one.
+  std::string collector_tls_ca;
+  std::string collector_tls_cert;
+  std::string collector_tls_key;
   // Config file only.
   absl::Duration dedup_window = absl::Minutes(10);
   absl::Duration rescan_interval = absl::Seconds(30);
+  uint32_t lineage_depth = 16;          // ancestors carried per event (1..16)
+  uint32_t argv_bytes = 256;            // head of argv kept per process (16..256)
+  uint32_t process_table_size = 32768;  // kernel process table entries
   std::vector<std::string> extra_token_paths;
   std::vector<std::string> host_allowed_executables;  // empty: the built-in list
+  // The delivery spool under <state_dir>/spool: its size bound and fsync interval.
+  uint64_t spool_max_bytes = 256ull * 1024 * 1024;
+  absl::Duration spool_sync_interval = absl::Milliseconds(100);
 };
 
 // Parses the command line (and the --config file it names). On a bad flag or

@@ -30,6 +30,11 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
                            .Help("Token files in the inventory and in the kernel's tokens map.")
                            .Register(*registry_)
                            .Add({})),
+      processes_tracked_(&BuildGauge()
+                              .Name("tokenwatch_processes_tracked")
+                              .Help("Live processes in the kernel's process table.")
+                              .Register(*registry_)
+                              .Add({})),
       inventory_errors_(BuildCounter()
                             .Name("tokenwatch_inventory_errors_total")
                             .Help("Token candidates skipped, by reason (malformed, unreadable).")

@@ -33,6 +33,7 @@ class AgentMetrics {
   }
   void SetFolded(uint64_t value);
   void SetTokensWatched(double n) { tokens_watched_->Set(n); }
+  void SetProcessesTracked(double n) { processes_tracked_->Set(n); }
   void SetInventoryErrors(const std::string& reason, uint64_t value);
   void SetHookMode(const std::string& mode);
   void SetProbeAttached(const std::string& probe, bool attached) {
@@ -54,6 +55,7 @@ class AgentMetrics {
   prometheus::Family<prometheus::Counter>& findings_;
   prometheus::Counter* folded_;
   prometheus::Gauge* tokens_watched_;
+  prometheus::Gauge* processes_tracked_;
   prometheus::Family<prometheus::Counter>& inventory_errors_;
   prometheus::Family<prometheus::Gauge>& hook_mode_;
   prometheus::Family<prometheus::Gauge>& probe_attached_;

@@ -6,40 +6,18 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "agent/common/log.h"
+#include "agent/probes/bpf_util.h"
+#include "agent/probes/process_probe.h"
 #include "token_open.skel.h"
 
 namespace tokenwatch::probes {
 namespace {
-
-constexpr const char* kDefaultBtf = "/sys/kernel/btf/vmlinux";
-
-// libbpf prints verifier logs and warnings on its own; we keep them at debug
-// level so that a refused load is reported in the one line our caller prints.
-int LibbpfPrint(enum libbpf_print_level level, const char* format, va_list args) {
-  if (level == LIBBPF_DEBUG || !LogEnabled(LogLevel::kDebug)) return 0;
-  char buf[1024];
-  int n = vsnprintf(buf, sizeof(buf), format, args);
-  if (n > 0) {
-    std::string line(buf, std::min<size_t>(static_cast<size_t>(n), sizeof(buf) - 1));
-    while (!line.empty() && line.back() == '\n') line.pop_back();
-    LogLine(LogLevel::kDebug, absl::StrCat("libbpf: ", line));
-  }
-  return 0;
-}
-
-absl::Status ErrnoStatus(int err, absl::string_view what) {
-  err = err < 0 ? -err : err;
-  std::string hint;
-  if (err == EPERM || err == EACCES) hint = " (needs root, or CAP_BPF and CAP_PERFMON)";
-  std::string msg = absl::StrCat(what, ": ", std::strerror(err), hint);
-  if (err == EPERM || err == EACCES) return absl::PermissionDeniedError(msg);
-  return absl::InternalError(msg);
-}
 
 // libbpf finds tracepoint ids through tracefs. Nodes do not always mount it
 // (this development machine does not), so the agent mounts it where needed.
@@ -84,20 +62,11 @@ const char* OpenSyscallName(uint32_t syscall) {
 }
 
 absl::StatusOr<std::unique_ptr<TokenOpenProbe>> TokenOpenProbe::Create(const Options& options) {
-  libbpf_set_print(LibbpfPrint);
-  std::string btf = options.btf_path.empty() ? kDefaultBtf : options.btf_path;
-  if (access(btf.c_str(), R_OK) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "kernel BTF not found at ", btf,
-        " (tokenwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)"));
-  }
-
+  InstallLibbpfLogger();
   // Permission first: without it nothing else matters, and the message
   // should say so rather than name a later symptom.
-  LIBBPF_OPTS(bpf_map_create_opts, map_opts);
-  int probe_fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "tw_probe", 4, 4, 1, &map_opts);
-  if (probe_fd < 0) return ErrnoStatus(errno, "cannot use BPF");
-  close(probe_fd);
+  if (absl::Status s = CheckBtf(options.btf_path); !s.ok()) return s;
+  if (absl::Status s = CheckBpfPermission(); !s.ok()) return s;
   if (absl::Status s = EnsureTracefs(); !s.ok()) return s;
 
   std::unique_ptr<TokenOpenProbe> probe(new TokenOpenProbe());
@@ -108,6 +77,16 @@ absl::StatusOr<std::unique_ptr<TokenOpenProbe>> TokenOpenProbe::Create(const Opt
 
   token_open_bpf* skel = probe->skel_;
   skel->rodata->self_tgid = options.self_tgid;
+  skel->rodata->ns_per_tick = NsPerTick();
+  skel->rodata->argv_max = std::min<uint32_t>(options.argv_bytes, TW_ARGV_LEN);
+  skel->rodata->max_depth = std::min<uint32_t>(options.max_depth, TW_MAX_ANCESTORS);
+  // The process table belongs to process.bpf.c; share it when given.
+  if (options.procs_fd >= 0 && bpf_map__reuse_fd(skel->maps.procs, options.procs_fd) != 0) {
+    return ErrnoStatus(errno, "share the process table with token_open.bpf.o");
+  }
+  if (options.exited_fd >= 0 && bpf_map__reuse_fd(skel->maps.exited, options.exited_fd) != 0) {
+    return ErrnoStatus(errno, "share the exited table with token_open.bpf.o");
+  }
   bpf_map__set_max_entries(skel->maps.events, options.ring_bytes);
   bpf_map__set_max_entries(skel->maps.tokens, options.max_tokens);
 
@@ -195,9 +174,14 @@ int TokenOpenProbe::OnSample(void* ctx, void* data, size_t size) {
   }
   // Records in the ring are not guaranteed to be aligned: copy before use.
   std::memcpy(&header, data, sizeof(header));
-  if (header.type == TW_EVENT_TOKEN_OPEN && size >= sizeof(tw_token_open)) {
-    tw_token_open event;
-    std::memcpy(&event, data, sizeof(event));
+  if (header.type == TW_EVENT_TOKEN_OPEN && size >= TW_TOKEN_OPEN_FIXED_SIZE &&
+      size <= sizeof(tw_token_open)) {
+    // Variable size: the record ends after its n_ancestors entries.
+    static thread_local tw_token_open event;
+    std::memset(&event, 0, sizeof(event));
+    std::memcpy(&event, data, size);
+    size_t room = (size - TW_TOKEN_OPEN_FIXED_SIZE) / sizeof(tw_proc);
+    if (event.n_ancestors > room) event.n_ancestors = static_cast<uint32_t>(room);
     ++self->handled_;
     if (self->handler_ != nullptr) (*self->handler_)(event);
   } else {

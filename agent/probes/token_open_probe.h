@@ -32,9 +32,17 @@ class TokenOpenProbe {
     // Kernel BTF to use instead of /sys/kernel/btf/vmlinux ("" = that one).
     std::string btf_path;
     // Ring buffer size in bytes (a power of two, at least one page).
-    uint32_t ring_bytes = 1u << 20;
+    uint32_t ring_bytes = 4u << 20;
     // Capacity of the tokens map.
     uint32_t max_tokens = 65536;
+    // Ancestors carried on each record (at most TW_MAX_ANCESTORS).
+    uint32_t max_depth = TW_MAX_ANCESTORS;
+    // Head of argv kept for a reader the process table does not know.
+    uint32_t argv_bytes = TW_ARGV_LEN;
+    // The process table's maps (ProcessProbe::procs_fd/exited_fd); -1 gives
+    // this probe private, empty tables (tests only: no lineage).
+    int procs_fd = -1;
+    int exited_fd = -1;
   };
 
   using Handler = std::function<void(const tw_token_open&)>;

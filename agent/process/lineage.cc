@@ -11,11 +11,45 @@ std::string CString(const char* data, size_t max) {
   return std::string(data, strnlen(data, max));
 }
 
+bool SameContainer(const ProcessView& a, const ProcessView& b) {
+  if (a.pidns != 0 && b.pidns != 0) return a.pidns == b.pidns;
+  return a.container.has_value() && b.container.has_value() &&
+         a.container->container_id == b.container->container_id;
+}
+
 }  // namespace
 
 void LineageBuilder::Attribute(ProcessView* view, std::string cgroup) const {
   view->cgroup = std::move(cgroup);
   view->container = k8s::ParseCgroupPath(view->cgroup);
+}
+
+ProcessView LineageBuilder::FromEntry(const tw_proc& e) const {
+  ProcessView view;
+  view.pid = e.key.tgid;
+  view.ppid = e.parent.tgid;
+  view.uid = e.uid;
+  view.gid = e.gid;
+  view.start_boottime_ns = e.start_boottime_ns;
+  view.start_time = clock_->ToTime(e.start_boottime_ns);
+  view.comm = CString(e.comm, sizeof(e.comm));
+  view.exe = CString(e.exe, std::min<size_t>(e.exe_len + 1, sizeof(e.exe)));
+  size_t argv_len = std::min<size_t>(e.argv_len, sizeof(e.argv));
+  view.argv = SplitArgv(absl::string_view(e.argv, argv_len), argv_len == sizeof(e.argv));
+  view.ns_pid = e.ns_pid;
+  view.pidns = e.pidns;
+  view.exited = (e.flags & TW_PROC_EXITED) != 0;
+  Attribute(&view, cgroups_->PathOf(e.cgroup_id).value_or(""));
+  // A relative or cut exe: take the full path from /proc if the pid still
+  // names the same process.
+  if ((e.flags & TW_PROC_EXE_CUT) != 0 && !view.exited) {
+    if (auto stat = proc_->ReadStat(view.pid);
+        stat.ok() && stat->start_boottime_ns / 10000000 == e.start_boottime_ns / 10000000) {
+      if (auto exe = proc_->ReadExe(view.pid); exe.ok()) view.exe = *exe;
+    }
+  }
+  if (view.exe.empty()) view.exe = view.comm;
+  return view;
 }
 
 std::optional<ProcessView> LineageBuilder::FromProc(uint32_t pid) const {
@@ -30,35 +64,27 @@ std::optional<ProcessView> LineageBuilder::FromProc(uint32_t pid) const {
   if (auto exe = proc_->ReadExe(pid); exe.ok()) view.exe = *exe;
   if (auto argv = proc_->ReadArgv(pid); argv.ok()) view.argv = *std::move(argv);
   if (auto ids = proc_->ReadIds(pid); ids.ok()) std::tie(view.uid, view.gid) = *ids;
+  if (auto inner = proc_->ReadInnermostPid(pid); inner.ok()) view.ns_pid = *inner;
   if (auto cg = proc_->ReadCgroupV2(pid); cg.ok()) Attribute(&view, *cg);
   return view;
 }
 
 Lineage LineageBuilder::FromTokenOpen(const tw_token_open& event) const {
   Lineage lineage;
-  ProcessView& reader = lineage.process;
-  reader.pid = event.tgid;
-  reader.ppid = event.ppid;
-  reader.uid = event.uid;
-  reader.gid = event.gid;
-  reader.start_boottime_ns = event.start_boottime_ns;
-  reader.start_time = clock_->ToTime(event.start_boottime_ns);
-  reader.comm = CString(event.comm, sizeof(event.comm));
-  size_t argv_len = std::min<size_t>(event.argv_len, sizeof(event.argv));
-  reader.argv = SplitArgv(absl::string_view(event.argv, argv_len), argv_len == sizeof(event.argv));
-  std::optional<std::string> cgroup = cgroups_->PathOf(event.cgroup_id);
-  Attribute(&reader, cgroup.value_or(""));
+  lineage.process = FromEntry(event.reader);
+  // The cgroup at the moment of the open, not at exec.
+  Attribute(&lineage.process, cgroups_->PathOf(event.cgroup_id).value_or(""));
+  lineage.process.pid = event.tgid;
 
-  // The exe path from /proc only if the pid still names the same process;
-  // otherwise the kernel-captured binary name stands.
-  reader.exe = CString(event.exe_name, sizeof(event.exe_name));
-  if (auto stat = proc_->ReadStat(event.tgid);
-      stat.ok() && stat->start_boottime_ns / 10000000 == event.start_boottime_ns / 10000000) {
-    if (auto exe = proc_->ReadExe(event.tgid); exe.ok()) reader.exe = *exe;
+  size_t n = std::min<size_t>(event.n_ancestors, TW_MAX_ANCESTORS);
+  for (size_t i = 0; i < n && i < options_.max_depth; ++i) {
+    lineage.ancestors.push_back(FromEntry(event.ancestors[i]));
   }
+  lineage.truncated = event.truncated != 0;
 
-  uint32_t next = event.ppid;
-  while (next > 0) {
+  // Where the kernel's chain stopped short of the top, continue from /proc.
+  uint32_t next = lineage.ancestors.empty() ? lineage.process.ppid : lineage.ancestors.back().ppid;
+  while (!lineage.truncated && next > 0) {
     if (lineage.ancestors.size() >= options_.max_depth) {
       lineage.truncated = true;
       break;
@@ -68,7 +94,27 @@ Lineage LineageBuilder::FromTokenOpen(const tw_token_open& event) const {
     next = parent->ppid;
     lineage.ancestors.push_back(*std::move(parent));
   }
+  MarkExecSession(&lineage);
   return lineage;
+}
+
+void MarkExecSession(Lineage* lineage) {
+  ProcessView& reader = lineage->process;
+  if (!reader.container.has_value()) return;
+  // The reader's run of ancestors inside its container, and whether the
+  // chain was seen leaving it (else we cannot tell where it started).
+  std::vector<ProcessView*> run = {&reader};
+  bool left_container = false;
+  for (ProcessView& ancestor : lineage->ancestors) {
+    if (!SameContainer(reader, ancestor)) {
+      left_container = true;
+      break;
+    }
+    run.push_back(&ancestor);
+  }
+  if (!left_container || run.back()->ns_pid == 0) return;
+  bool from_init = run.back()->ns_pid == 1;
+  for (ProcessView* p : run) p->exec_session = !from_init;
 }
 
 }  // namespace tokenwatch::process

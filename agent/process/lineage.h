@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,15 +19,17 @@ struct Lineage {
   bool truncated = false;
 };
 
-// Builds the lineage of a kernel record: the reader from the record itself
-// (complete even when the process is already gone), its exe path and the
-// ancestors from /proc while they live. Issue #3 replaces the /proc walk with
-// the kernel's process table. Thread-compatible; the resolvers it uses are
-// thread-safe.
+// Turns the lineage the kernel captured with an event into ProcessViews:
+// the reader and its ancestors as they were at that moment, complete even
+// when every one of them has exited since. Where the kernel's chain stops
+// early (an entry evicted from its table) the rest comes from /proc while
+// those processes live. Marks exec sessions.
+//
+// Thread-compatible; the resolvers it uses are thread-safe.
 class LineageBuilder {
  public:
   struct Options {
-    size_t max_depth = 16;
+    size_t max_depth = TW_MAX_ANCESTORS;
   };
   LineageBuilder(Options options, const ProcReader* proc, k8s::CgroupResolver* cgroups,
                  const BootClock* clock)
@@ -34,8 +37,12 @@ class LineageBuilder {
 
   Lineage FromTokenOpen(const tw_token_open& event) const;
 
+  // One kernel process-table entry as a view (cgroup resolved, argv
+  // redacted).
+  ProcessView FromEntry(const tw_proc& entry) const;
+
  private:
-  // The live process `pid`, or nullopt when it is gone or was reused.
+  // The live process `pid`, or nullopt when it is gone.
   std::optional<ProcessView> FromProc(uint32_t pid) const;
   void Attribute(ProcessView* view, std::string cgroup) const;
 
@@ -44,5 +51,12 @@ class LineageBuilder {
   k8s::CgroupResolver* cgroups_;
   const BootClock* clock_;
 };
+
+// An exec session: the reader is in a container and the chain of its
+// ancestors inside that container reaches the container runtime without
+// passing through the container's init (pid 1 of its pid namespace), as
+// with kubectl exec, crictl exec and runc exec. Sets exec_session on the
+// processes of that chain. Exposed for tests.
+void MarkExecSession(Lineage* lineage);
 
 }  // namespace tokenwatch::process

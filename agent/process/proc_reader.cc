@@ -37,7 +37,9 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 }  // namespace
 
 std::string ExecId(const std::string& node, const ProcessView& process) {
-  return absl::StrCat(node, ":", process.start_boottime_ns, ":", process.pid);
+  static const uint64_t kNsPerTick =
+      1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  return absl::StrCat(node, ":", process.start_boottime_ns / kNsPerTick, ":", process.pid);
 }
 
 BootClock::BootClock() {

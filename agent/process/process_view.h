@@ -29,9 +29,17 @@ struct ProcessView {
   std::string pod_namespace;
   std::string pod_name;
   bool exec_session = false;
+  // pid as its own pid namespace sees it (1: a container's init) and that
+  // namespace's inode; 0 when unknown.
+  uint32_t ns_pid = 0;
+  uint32_t pidns = 0;
+  // True when the process had exited by the time of the event.
+  bool exited = false;
 };
 
-// "<node>:<start boottime ns>:<pid>": unique across nodes and time.
+// "<node>:<start in clock ticks since boot>:<pid>": unique across nodes and
+// time, and the same whether the kernel saw the process start or the agent
+// found it in /proc (which only has clock ticks).
 std::string ExecId(const std::string& node, const ProcessView& process);
 
 }  // namespace tokenwatch::process

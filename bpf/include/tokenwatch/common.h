@@ -41,7 +41,11 @@ enum tw_stat {
 	TW_STAT_RING_FULL = 0, /* a record was lost: ring buffer reserve failed */
 	TW_STAT_TOKEN_OPENS = 1, /* token opens seen (emitted or not) */
 	TW_STAT_FD_UNRESOLVED = 2, /* an open returned an fd we could not resolve */
-	TW_STAT_MAX = 3,
+	TW_STAT_PROC_MISSING = 3, /* an exit or lookup found no entry (evicted) */
+	TW_STAT_PROC_UPDATE_FAILED = 4, /* the process table refused an entry */
+	TW_STAT_PROC_EXECS = 5, /* execs recorded */
+	TW_STAT_PROC_FORKS = 6, /* forks recorded */
+	TW_STAT_MAX = 7,
 };
 
 #endif /* TOKENWATCH_COMMON_H */

@@ -4,10 +4,7 @@
 #define TOKENWATCH_TOKEN_OPEN_H
 
 #include "tokenwatch/common.h"
-
-#define TW_COMM_LEN 16
-#define TW_EXE_NAME_LEN 64
-#define TW_ARGV_LEN 256
+#include "tokenwatch/process.h"
 
 /* which system call opened the file */
 enum tw_open_syscall {
@@ -17,23 +14,27 @@ enum tw_open_syscall {
 	TW_SYSCALL_OPEN_BY_HANDLE_AT = 4,
 };
 
+/*
+ * Variable size: the ancestors array holds n_ancestors entries and the
+ * record ends there (hdr.size says so).
+ */
 struct tw_token_open {
 	struct tw_event_header hdr; /* type TW_EVENT_TOKEN_OPEN */
-	__u32 tgid; /* reader's process id (host pid namespace) */
+	__u32 tgid; /* reader's process id (node pid namespace) */
 	__u32 pid; /* reader's thread id */
-	__u32 ppid; /* tgid of the real parent */
-	__u32 uid; /* real uid */
-	__u32 gid; /* real gid */
-	__u32 flags; /* file->f_flags as opened (O_* bits) */
+	__u32 flags; /* file->f_flags as opened (O_* bits, kernel values) */
 	__u32 syscall; /* enum tw_open_syscall */
-	__u32 argv_len; /* bytes used in argv */
-	__u64 cgroup_id; /* cgroup v2 id of the reader */
-	__u64 start_boottime_ns; /* reader's start, boot clock: with tgid, its identity */
+	__u64 cgroup_id; /* cgroup v2 id of the reader at the open */
 	struct tw_file_id file; /* the token file */
-	char comm[TW_COMM_LEN]; /* task comm */
-	char exe_name[TW_EXE_NAME_LEN]; /* basename of mm->exe_file, NUL-terminated */
-	char argv[TW_ARGV_LEN]; /* head of argv, NUL-separated, may be cut */
+	__u32 n_ancestors; /* entries used in ancestors */
+	__u32 truncated; /* 1: the chain went on past TW_MAX_ANCESTORS */
+	__u32 reader_known; /* 1: reader came from the process table */
+	__u32 _pad0;
+	struct tw_proc reader; /* the reader, complete even if it already exited */
+	struct tw_proc ancestors[TW_MAX_ANCESTORS]; /* parent first */
 };
-TW_STATIC_ASSERT(sizeof(struct tw_token_open) == 416, "tw_token_open size");
+TW_STATIC_ASSERT(sizeof(struct tw_token_open) == 72 + 17 * 616, "tw_token_open size");
+
+#define TW_TOKEN_OPEN_FIXED_SIZE (sizeof(struct tw_token_open) - TW_MAX_ANCESTORS * sizeof(struct tw_proc))
 
 #endif /* TOKENWATCH_TOKEN_OPEN_H */

@@ -98,6 +98,20 @@ TEST(Detector, CrossPodFindingNamesBothPods) {
   EXPECT_NE(findings[0].summary().find("shop/web-7d4b9c8f6d-x2x9q"), std::string::npos);
 }
 
+TEST(Detector, ExecSessionInTheOwnerPodIsTW004WithT1609) {
+  Detector d(Options());
+  TokenRead read = Read("/bin/busybox", "cat", kOwnerUid);
+  read.lineage.process.exec_session = true;
+  auto findings = d.OnTokenRead(read);
+  ASSERT_EQ(findings.size(), 1u);
+  EXPECT_EQ(findings[0].rule_id(), "TW004");
+  EXPECT_EQ(findings[0].rule_name(), "token-read-exec-session");
+  EXPECT_EQ(findings[0].severity(), v1::SEVERITY_HIGH);
+  EXPECT_TRUE(findings[0].process().exec_session());
+  ASSERT_EQ(findings[0].mitre_size(), 2);
+  EXPECT_EQ(findings[0].mitre(1), "T1609");
+}
+
 TEST(Detector, HostProcessIsTW003UnlessANodeComponent) {
   Detector d(Options());
   auto findings = d.OnTokenRead(Read("/usr/bin/cat", "cat", std::nullopt));

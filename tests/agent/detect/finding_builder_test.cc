@@ -21,7 +21,7 @@ TokenRead SampleRead() {
   process::ProcessView& p = read.lineage.process;
   p.pid = 10;
   p.ppid = 9;
-  p.start_boottime_ns = 5000;
+  p.start_boottime_ns = 5000000000;  // 500 clock ticks
   p.start_time = absl::FromUnixSeconds(1799999999);
   p.exe = "/bin/busybox";
   p.comm = "cat";
@@ -56,7 +56,7 @@ TEST(FindingBuilder, FillsEveryFieldTheIssueKnows) {
   EXPECT_EQ(f.token().device(), "254:3");
   EXPECT_EQ(f.token().inode(), 777u);
   EXPECT_EQ(f.token().expiry().seconds(), 1800003600);
-  EXPECT_EQ(f.process().exec_id(), "node-1:5000:10");
+  EXPECT_EQ(f.process().exec_id(), "node-1:500:10");
   EXPECT_TRUE(f.process().in_container());
   EXPECT_EQ(f.process().pod().namespace_(), "shop");
   EXPECT_EQ(f.process().container_id(), std::string(64, 'c'));
