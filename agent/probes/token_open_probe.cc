@@ -15,6 +15,7 @@
 #include "agent/probes/bpf_util.h"
 #include "agent/probes/process_probe.h"
 #include "token_open.skel.h"
+#include "token_open_lsm.skel.h"
 
 namespace tokenwatch::probes {
 namespace {
@@ -45,7 +46,42 @@ bool TracepointExists(absl::string_view category, absl::string_view name) {
   return true;  // no tracefs to ask: try, and let attach tell
 }
 
+// The settings both skeletons share, set before load.
+template <typename Skel>
+absl::Status Configure(Skel* skel, const TokenOpenProbe::Options& options) {
+  skel->rodata->self_tgid = options.self_tgid;
+  skel->rodata->ns_per_tick = NsPerTick();
+  skel->rodata->argv_max = std::min<uint32_t>(options.argv_bytes, TW_ARGV_LEN);
+  skel->rodata->lineage_depth = std::min<uint32_t>(options.max_depth, TW_MAX_ANCESTORS);
+  // The shared lineage code declares the taint map; the token hooks never
+  // touch it, so keep their private copy small.
+  bpf_map__set_max_entries(skel->maps.taint, 256);
+  // The process table belongs to process.bpf.c; share it when given.
+  if (options.procs_fd >= 0 && bpf_map__reuse_fd(skel->maps.procs, options.procs_fd) != 0) {
+    return ErrnoStatus(errno, "share the process table with the token hooks");
+  }
+  if (options.exited_fd >= 0 && bpf_map__reuse_fd(skel->maps.exited, options.exited_fd) != 0) {
+    return ErrnoStatus(errno, "share the exited table with the token hooks");
+  }
+  bpf_map__set_max_entries(skel->maps.events, options.ring_bytes);
+  bpf_map__set_max_entries(skel->maps.tokens, options.max_tokens);
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+std::string OpenAccessText(const tw_token_open& event) {
+  std::string name = OpenSyscallName(event.syscall);
+  switch (event.access) {
+    case TW_ACCESS_IO_URING:
+      if (event.syscall == TW_SYSCALL_IO_URING) return "io_uring open";
+      return name;  // "io_uring openat" already
+    case TW_ACCESS_COMPAT_SYSCALL:
+      return absl::StrCat(name, " (32-bit compat)");
+    default:
+      return name;
+  }
+}
 
 const char* OpenSyscallName(uint32_t syscall) {
   switch (syscall) {
@@ -57,6 +93,14 @@ const char* OpenSyscallName(uint32_t syscall) {
       return "open";
     case TW_SYSCALL_OPEN_BY_HANDLE_AT:
       return "open_by_handle_at";
+    case TW_SYSCALL_IO_URING_OPENAT:
+      return "io_uring openat";
+    case TW_SYSCALL_IO_URING_OPENAT2:
+      return "io_uring openat2";
+    case TW_SYSCALL_IO_URING:
+      return "io_uring";
+    case TW_SYSCALL_CREAT:
+      return "creat";
   }
   return "unknown";
 }
@@ -67,77 +111,99 @@ absl::StatusOr<std::unique_ptr<TokenOpenProbe>> TokenOpenProbe::Create(const Opt
   // should say so rather than name a later symptom.
   if (absl::Status s = CheckBtf(options.btf_path); !s.ok()) return s;
   if (absl::Status s = CheckBpfPermission(); !s.ok()) return s;
-  if (absl::Status s = EnsureTracefs(); !s.ok()) return s;
-
   std::unique_ptr<TokenOpenProbe> probe(new TokenOpenProbe());
+  if (absl::Status s = probe->Load(options); !s.ok()) return s;
+  return probe;
+}
+
+absl::Status TokenOpenProbe::Load(const Options& options) {
   LIBBPF_OPTS(bpf_object_open_opts, open_opts);
   if (!options.btf_path.empty()) open_opts.btf_custom_path = options.btf_path.c_str();
-  probe->skel_ = token_open_bpf__open_opts(&open_opts);
-  if (probe->skel_ == nullptr) return ErrnoStatus(errno, "open token_open.bpf.o");
+  // Every mode needs tracefs: io_uring_complete here, and the other probes'
+  // tracepoints (connections) whatever the token hooks are.
+  if (absl::Status s = EnsureTracefs(); !s.ok()) return s;
 
-  token_open_bpf* skel = probe->skel_;
-  skel->rodata->self_tgid = options.self_tgid;
-  skel->rodata->ns_per_tick = NsPerTick();
-  skel->rodata->argv_max = std::min<uint32_t>(options.argv_bytes, TW_ARGV_LEN);
-  skel->rodata->max_depth = std::min<uint32_t>(options.max_depth, TW_MAX_ANCESTORS);
-  // The process table belongs to process.bpf.c; share it when given.
-  if (options.procs_fd >= 0 && bpf_map__reuse_fd(skel->maps.procs, options.procs_fd) != 0) {
-    return ErrnoStatus(errno, "share the process table with token_open.bpf.o");
-  }
-  if (options.exited_fd >= 0 && bpf_map__reuse_fd(skel->maps.exited, options.exited_fd) != 0) {
-    return ErrnoStatus(errno, "share the exited table with token_open.bpf.o");
-  }
-  bpf_map__set_max_entries(skel->maps.events, options.ring_bytes);
-  bpf_map__set_max_entries(skel->maps.tokens, options.max_tokens);
-
-  // Hooks the running kernel lacks are switched off before load, so a
-  // missing one never leaves a half-loaded object.
+  // Hooks the running kernel lacks, or this mode does not use, are switched
+  // off before load, so a missing one never leaves a half-loaded object.
   struct Hook {
     bpf_program* prog;
-    const char* tracepoint;
+    std::string name;  // as attached() reports it
   };
-  const Hook hooks[] = {
-      {skel->progs.handle_sys_exit_openat, "sys_exit_openat"},
-      {skel->progs.handle_sys_exit_openat2, "sys_exit_openat2"},
-      {skel->progs.handle_sys_exit_open, "sys_exit_open"},
-      {skel->progs.handle_sys_exit_open_by_handle_at, "sys_exit_open_by_handle_at"},
-  };
-  for (const Hook& hook : hooks) {
-    if (!TracepointExists("syscalls", hook.tracepoint)) {
-      bpf_program__set_autoload(hook.prog, false);
-      Logf(LogLevel::kInfo, "tracepoint syscalls/%s absent on this kernel; skipped",
-           hook.tracepoint);
+  std::vector<Hook> hooks;
+  if (options.hooks == Hooks::kLsm || options.hooks == Hooks::kFentry) {
+    lsm_skel_ = token_open_lsm_bpf__open_opts(&open_opts);
+    if (lsm_skel_ == nullptr) return ErrnoStatus(errno, "open token_open_lsm.bpf.o");
+    if (absl::Status s = Configure(lsm_skel_, options); !s.ok()) return s;
+    bool lsm = options.hooks == Hooks::kLsm;
+    bpf_program__set_autoload(lsm_skel_->progs.handle_file_open, lsm);
+    bpf_program__set_autoload(lsm_skel_->progs.handle_security_file_open, !lsm);
+    hooks.push_back({lsm ? lsm_skel_->progs.handle_file_open
+                         : lsm_skel_->progs.handle_security_file_open,
+                     lsm ? "lsm/file_open" : "fentry/security_file_open"});
+    if (int err = token_open_lsm_bpf__load(lsm_skel_); err != 0) {
+      return ErrnoStatus(err, absl::StrCat("load token_open_lsm.bpf.o (", hooks[0].name, ")"));
     }
+    tokens_ = lsm_skel_->maps.tokens;
+    events_ = lsm_skel_->maps.events;
+    stats_ = lsm_skel_->maps.stats;
+  } else {
+    skel_ = token_open_bpf__open_opts(&open_opts);
+    if (skel_ == nullptr) return ErrnoStatus(errno, "open token_open.bpf.o");
+    if (absl::Status s = Configure(skel_, options); !s.ok()) return s;
+    const std::pair<bpf_program*, const char*> syscalls[] = {
+        {skel_->progs.handle_sys_exit_openat, "sys_exit_openat"},
+        {skel_->progs.handle_sys_exit_openat2, "sys_exit_openat2"},
+        {skel_->progs.handle_sys_exit_open, "sys_exit_open"},
+        {skel_->progs.handle_sys_exit_open_by_handle_at, "sys_exit_open_by_handle_at"},
+    };
+    bool with_syscalls = options.hooks == Hooks::kTracepoint;
+    for (const auto& [prog, name] : syscalls) {
+      bool wanted = with_syscalls && TracepointExists("syscalls", name);
+      bpf_program__set_autoload(prog, wanted);
+      if (wanted) {
+        hooks.push_back({prog, absl::StrCat("syscalls/", name)});
+      } else if (with_syscalls) {
+        Logf(LogLevel::kInfo, "tracepoint syscalls/%s absent on this kernel; skipped", name);
+      }
+    }
+    // A kernel without io_uring (or with it compiled out) has no such event.
+    bool uring = TracepointExists("io_uring", "io_uring_complete");
+    bpf_program__set_autoload(skel_->progs.handle_io_uring_complete, uring);
+    if (uring) {
+      hooks.push_back({skel_->progs.handle_io_uring_complete, "io_uring/io_uring_complete"});
+    } else {
+      Logf(LogLevel::kInfo, "tracepoint io_uring/io_uring_complete absent; io_uring not watched");
+    }
+    if (int err = token_open_bpf__load(skel_); err != 0) {
+      return ErrnoStatus(err, "load token_open.bpf.o");
+    }
+    tokens_ = skel_->maps.tokens;
+    events_ = skel_->maps.events;
+    stats_ = skel_->maps.stats;
   }
 
-  if (int err = token_open_bpf__load(skel); err != 0) {
-    return ErrnoStatus(err, "load token_open.bpf.o");
-  }
   for (const Hook& hook : hooks) {
-    if (!bpf_program__autoload(hook.prog)) continue;
     bpf_link* link = bpf_program__attach(hook.prog);
-    if (link == nullptr) {
-      return ErrnoStatus(errno, absl::StrCat("attach tracepoint syscalls/", hook.tracepoint));
-    }
-    probe->links_.push_back(link);
-    probe->attached_.push_back(absl::StrCat("syscalls/", hook.tracepoint));
+    if (link == nullptr) return ErrnoStatus(errno, absl::StrCat("attach ", hook.name));
+    links_.push_back(link);
+    attached_.push_back(hook.name);
   }
 
-  probe->ring_ = ring_buffer__new(bpf_map__fd(skel->maps.events), &TokenOpenProbe::OnSample,
-                                  probe.get(), nullptr);
-  if (probe->ring_ == nullptr) return ErrnoStatus(errno, "open events ring buffer");
-  return probe;
+  ring_ = ring_buffer__new(bpf_map__fd(events_), &TokenOpenProbe::OnSample, this, nullptr);
+  if (ring_ == nullptr) return ErrnoStatus(errno, "open events ring buffer");
+  return absl::OkStatus();
 }
 
 TokenOpenProbe::~TokenOpenProbe() {
   if (ring_ != nullptr) ring_buffer__free(ring_);
   for (bpf_link* link : links_) bpf_link__destroy(link);
   if (skel_ != nullptr) token_open_bpf__destroy(skel_);
+  if (lsm_skel_ != nullptr) token_open_lsm_bpf__destroy(lsm_skel_);
 }
 
 absl::Status TokenOpenProbe::Watch(const tw_file_id& id) {
   uint8_t one = 1;
-  if (bpf_map__update_elem(skel_->maps.tokens, &id, sizeof(id), &one, sizeof(one), BPF_ANY) != 0) {
+  if (bpf_map__update_elem(tokens_, &id, sizeof(id), &one, sizeof(one), BPF_ANY) != 0) {
     return ErrnoStatus(errno, absl::StrFormat("watch token %u:%u ino %u", id.dev >> 20,
                                               id.dev & 0xfffff, id.ino));
   }
@@ -145,7 +211,7 @@ absl::Status TokenOpenProbe::Watch(const tw_file_id& id) {
 }
 
 absl::Status TokenOpenProbe::Unwatch(const tw_file_id& id) {
-  if (bpf_map__delete_elem(skel_->maps.tokens, &id, sizeof(id), 0) != 0 && errno != ENOENT) {
+  if (bpf_map__delete_elem(tokens_, &id, sizeof(id), 0) != 0 && errno != ENOENT) {
     return ErrnoStatus(errno, "unwatch token");
   }
   return absl::OkStatus();
@@ -156,7 +222,7 @@ absl::StatusOr<size_t> TokenOpenProbe::WatchedCount() const {
   tw_file_id key{};
   tw_file_id next{};
   const void* prev = nullptr;
-  while (bpf_map__get_next_key(skel_->maps.tokens, prev, &next, sizeof(next)) == 0) {
+  while (bpf_map__get_next_key(tokens_, prev, &next, sizeof(next)) == 0) {
     ++count;
     key = next;
     prev = &key;
@@ -190,6 +256,17 @@ int TokenOpenProbe::OnSample(void* ctx, void* data, size_t size) {
   return 0;
 }
 
+int TokenOpenProbe::ring_epoll_fd() const { return ring_buffer__epoll_fd(ring_); }
+
+absl::StatusOr<int> TokenOpenProbe::Consume(const Handler& handler) {
+  handler_ = &handler;
+  handled_ = 0;
+  int err = ring_buffer__consume(ring_);
+  handler_ = nullptr;
+  if (err < 0 && err != -EINTR) return ErrnoStatus(err, "consume events ring buffer");
+  return handled_;
+}
+
 absl::StatusOr<int> TokenOpenProbe::Poll(absl::Duration timeout, const Handler& handler) {
   handler_ = &handler;
   handled_ = 0;
@@ -206,7 +283,7 @@ std::array<uint64_t, TW_STAT_MAX> TokenOpenProbe::ReadStats() const {
   if (ncpus <= 0) return total;
   std::vector<uint64_t> values(static_cast<size_t>(ncpus));
   for (uint32_t i = 0; i < TW_STAT_MAX; ++i) {
-    if (bpf_map__lookup_elem(skel_->maps.stats, &i, sizeof(i), values.data(),
+    if (bpf_map__lookup_elem(stats_, &i, sizeof(i), values.data(),
                              values.size() * sizeof(uint64_t), 0) != 0) {
       continue;
     }

@@ -13,19 +13,33 @@
 #include "tokenwatch/token_open.h"
 
 struct token_open_bpf;
+struct token_open_lsm_bpf;
 struct ring_buffer;
 struct bpf_link;
+struct bpf_map;
 
 namespace tokenwatch::probes {
 
-// Owns the token_open BPF skeleton: the programs on the open syscalls' exit
-// tracepoints, the `tokens` map of watched (dev, ino) and the `events` ring.
+// Owns one token-open BPF skeleton, chosen by Options::hooks: token_open
+// (the open syscalls' exit tracepoints and io_uring_complete, or
+// io_uring_complete alone next to fanotify) or token_open_lsm (BPF-LSM
+// file_open, or fentry on security_file_open). Either way it owns the
+// `tokens` map of watched (dev, ino), the `events` ring and the counters.
 //
 // Threading: Poll() runs on one thread (the event thread). Watch(), Unwatch()
 // and ReadStats() are single bpf(2) calls on map fds and may run on any thread.
 class TokenOpenProbe {
  public:
+  // Which programs to load and attach; the others are never loaded.
+  enum class Hooks {
+    kTracepoint,   // sys_exit_open* and io_uring:io_uring_complete
+    kIoUringOnly,  // io_uring:io_uring_complete (fanotify mode sees the rest)
+    kLsm,          // lsm/file_open
+    kFentry,       // fentry/security_file_open
+  };
+
   struct Options {
+    Hooks hooks = Hooks::kTracepoint;
     // Records from this process are dropped in the kernel (the agent itself
     // reads every token while it builds its inventory).
     uint32_t self_tgid = 0;
@@ -61,6 +75,11 @@ class TokenOpenProbe {
   // Number of entries in the tokens map, counted by walking its keys.
   absl::StatusOr<size_t> WatchedCount() const;
 
+  // The ring's epoll fd, for callers that wait on it with other fds.
+  int ring_epoll_fd() const;
+  // Hands every record already in the ring to `handler`; returns how many.
+  absl::StatusOr<int> Consume(const Handler& handler);
+
   // Waits up to `timeout` for records and hands each, copied out of the ring,
   // to `handler`. The kernel wakes us only for batches, so this also drains
   // whatever arrived when the wait times out. Returns the records handled.
@@ -69,14 +88,20 @@ class TokenOpenProbe {
   // Per-CPU counters summed, indexed by enum tw_stat.
   std::array<uint64_t, TW_STAT_MAX> ReadStats() const;
 
-  // The tracepoints attached, e.g. "syscalls/sys_exit_openat".
+  // The hooks attached, e.g. "syscalls/sys_exit_openat", "lsm/file_open".
   const std::vector<std::string>& attached() const { return attached_; }
 
  private:
   TokenOpenProbe() = default;
   static int OnSample(void* ctx, void* data, size_t size);
 
+  absl::Status Load(const Options& options);
+
   token_open_bpf* skel_ = nullptr;
+  token_open_lsm_bpf* lsm_skel_ = nullptr;
+  bpf_map* tokens_ = nullptr;
+  bpf_map* events_ = nullptr;
+  bpf_map* stats_ = nullptr;
   ring_buffer* ring_ = nullptr;
   std::vector<bpf_link*> links_;
   std::vector<std::string> attached_;
@@ -87,5 +112,9 @@ class TokenOpenProbe {
 
 // Name of the syscall for enum tw_open_syscall, e.g. "openat2".
 const char* OpenSyscallName(uint32_t syscall);
+
+// How the record says the file was opened, for people: "openat",
+// "openat (32-bit compat)", "io_uring openat2", "unknown".
+std::string OpenAccessText(const tw_token_open& event);
 
 }  // namespace tokenwatch::probes

@@ -1,0 +1,235 @@
+#include "agent/probes/hook_mode.h"
+
+#include <poll.h>
+#include <sys/mount.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "agent/common/log.h"
+
+namespace tokenwatch::probes {
+namespace {
+
+constexpr HookMode kAutoOrder[] = {HookMode::kLsm, HookMode::kFentry, HookMode::kFanotify,
+                                   HookMode::kTracepoint};
+// An io_uring record and the fanotify event of the same open are this close.
+constexpr uint64_t kMergeWindowNs = 2'000'000'000;
+
+}  // namespace
+
+const char* HookModeName(HookMode mode) {
+  switch (mode) {
+    case HookMode::kLsm:
+      return "lsm";
+    case HookMode::kFentry:
+      return "fentry";
+    case HookMode::kFanotify:
+      return "fanotify";
+    case HookMode::kTracepoint:
+      return "tracepoint";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::optional<HookMode>> ParseHookMode(absl::string_view text) {
+  if (text == "auto") return std::optional<HookMode>();
+  for (HookMode mode : kAutoOrder) {
+    if (text == HookModeName(mode)) return std::optional<HookMode>(mode);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--hook-mode ", text, ": expected auto, lsm, fentry, fanotify or tracepoint"));
+}
+
+absl::Status CheckBpfLsmActive(const std::string& securityfs) {
+  std::string list_path = absl::StrCat(securityfs, "/lsm");
+  if (access(list_path.c_str(), R_OK) != 0 &&
+      mount("securityfs", securityfs.c_str(), "securityfs", 0, nullptr) != 0 && errno != EBUSY) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read the active LSM list: securityfs is not mounted at ", securityfs,
+                     " and mounting it failed: ", std::strerror(errno)));
+  }
+  std::ifstream in(list_path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot read ", list_path));
+  }
+  std::string list(absl::StripAsciiWhitespace(text.str()));
+  for (absl::string_view lsm : absl::StrSplit(list, ',')) {
+    if (lsm == "bpf") return absl::OkStatus();
+  }
+  // Attaching would succeed and then never run: the BPF LSM's hooks are
+  // only called when it is in the list.
+  return absl::FailedPreconditionError(absl::StrCat("the BPF LSM is not active (", list_path, ": ",
+                                                    list.empty() ? "empty" : list,
+                                                    "; boot with lsm=...,bpf)"));
+}
+
+absl::StatusOr<std::unique_ptr<TokenHooks>> TokenHooks::Open(const Options& options) {
+  auto requested = ParseHookMode(options.requested);
+  if (!requested.ok()) return requested.status();
+  std::unique_ptr<TokenHooks> hooks(new TokenHooks());
+  hooks->max_depth_ = options.probe.max_depth;
+
+  if (requested->has_value()) {
+    HookMode mode = **requested;
+    if (absl::Status s = hooks->Try(mode, options); !s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--hook-mode ", HookModeName(mode), ": ", s.message()));
+    }
+    return hooks;
+  }
+  absl::Status last;
+  for (HookMode mode : kAutoOrder) {
+    last = hooks->Try(mode, options);
+    if (last.ok()) {
+      for (const std::string& refusal : hooks->refusals_) {
+        Logf(LogLevel::kInfo, "hook mode passed over, %s", refusal);
+      }
+      return hooks;
+    }
+    hooks->refusals_.push_back(absl::StrCat(HookModeName(mode), ": ", last.message()));
+  }
+  return absl::FailedPreconditionError(absl::StrCat("no hook mode is usable on this kernel: ",
+                                                    absl::StrJoin(hooks->refusals_, "; ")));
+}
+
+absl::Status TokenHooks::Try(HookMode mode, const Options& options) {
+  // Whatever a failed attempt made is destroyed here, before the next.
+  probe_.reset();
+  fanotify_.reset();
+  table_.reset();
+  attached_.clear();
+
+  TokenOpenProbe::Options probe_options = options.probe;
+  switch (mode) {
+    case HookMode::kLsm:
+      if (absl::Status s = CheckBpfLsmActive(options.securityfs); !s.ok()) return s;
+      probe_options.hooks = TokenOpenProbe::Hooks::kLsm;
+      break;
+    case HookMode::kFentry:
+      probe_options.hooks = TokenOpenProbe::Hooks::kFentry;
+      break;
+    case HookMode::kFanotify: {
+      auto watcher = FanotifyWatcher::Create(options.probe.self_tgid);
+      if (!watcher.ok()) return watcher.status();
+      fanotify_ = *std::move(watcher);
+      table_ = std::make_unique<ProcTableReader>(options.probe.procs_fd, options.probe.exited_fd,
+                                                 options.proc_root);
+      probe_options.hooks = TokenOpenProbe::Hooks::kIoUringOnly;
+      break;
+    }
+    case HookMode::kTracepoint:
+      probe_options.hooks = TokenOpenProbe::Hooks::kTracepoint;
+      break;
+  }
+  auto probe = TokenOpenProbe::Create(probe_options);
+  if (!probe.ok()) {
+    fanotify_.reset();
+    table_.reset();
+    // BPF itself is permitted (Create checked): the kernel refuses this
+    // program type, which is what "needs root" would hide.
+    if ((mode == HookMode::kLsm || mode == HookMode::kFentry) &&
+        absl::IsPermissionDenied(probe.status())) {
+      std::string what(probe.status().message());
+      what = what.substr(0, what.find(" (needs root"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(what, ": the kernel refuses ", HookModeName(mode),
+                       " programs although other BPF programs load"));
+    }
+    return probe.status();
+  }
+  probe_ = *std::move(probe);
+  mode_ = mode;
+  if (fanotify_ != nullptr) attached_.push_back("fanotify/FAN_OPEN inode marks");
+  for (const std::string& name : probe_->attached()) attached_.push_back(name);
+  return absl::OkStatus();
+}
+
+absl::Status TokenHooks::Watch(const tw_file_id& id, const std::string& path) {
+  // The map first: in fanotify mode it serves the io_uring hook.
+  if (absl::Status s = probe_->Watch(id); !s.ok()) return s;
+  if (fanotify_ != nullptr) return fanotify_->Watch(path, id);
+  return absl::OkStatus();
+}
+
+absl::Status TokenHooks::Unwatch(const tw_file_id& id) {
+  absl::Status status = probe_->Unwatch(id);
+  if (fanotify_ != nullptr) status.Update(fanotify_->Unwatch(id));
+  return status;
+}
+
+absl::StatusOr<size_t> TokenHooks::WatchedCount() const { return probe_->WatchedCount(); }
+
+absl::StatusOr<int> TokenHooks::Poll(absl::Duration timeout,
+                                     const TokenOpenProbe::Handler& handler) {
+  if (fanotify_ == nullptr) return probe_->Poll(timeout, handler);
+  return PollFanotify(timeout, handler);
+}
+
+absl::StatusOr<int> TokenHooks::PollFanotify(absl::Duration timeout,
+                                             const TokenOpenProbe::Handler& handler) {
+  // Held events are due next round: do not sleep long on them.
+  absl::Duration wait = pending_.empty() ? timeout : absl::Milliseconds(5);
+  pollfd fds[2] = {{probe_->ring_epoll_fd(), POLLIN, 0}, {fanotify_->fd(), POLLIN, 0}};
+  if (poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(wait))) < 0 && errno != EINTR) {
+    return absl::InternalError(absl::StrCat("poll token hooks: ", std::strerror(errno)));
+  }
+
+  // io_uring records first: they carry the kernel's view and say io_uring.
+  const TokenOpenProbe::Handler on_record = [&](const tw_token_open& event) {
+    if (event.access == TW_ACCESS_IO_URING) {
+      recent_uring_.push_back(UringOpen{event.tgid, event.file, event.hdr.ts_ns});
+    }
+    handler(event);
+  };
+  auto consumed = probe_->Consume(on_record);
+  if (!consumed.ok()) return consumed.status();
+  int handled = *consumed;
+
+  // The events read last round, each unless it is an io_uring open already
+  // reported (fanotify cannot tell io_uring apart; the tracepoint can).
+  std::vector<FanotifyWatcher::Event> due;
+  due.swap(pending_);
+  for (const FanotifyWatcher::Event& event : due) {
+    bool merged = false;
+    for (auto it = recent_uring_.begin(); it != recent_uring_.end(); ++it) {
+      if (it->tgid == event.tgid && it->file.dev == event.file.dev &&
+          it->file.ino == event.file.ino) {
+        recent_uring_.erase(it);
+        merged = true;
+        break;
+      }
+    }
+    if (merged) {
+      ++merged_;
+      continue;
+    }
+    static thread_local tw_token_open record;
+    record = table_->BuildRecord(event.tgid, event.file, event.ts_ns, max_depth_, TW_HOOK_FANOTIFY);
+    handler(record);
+    ++handled;
+  }
+  timespec now{};
+  clock_gettime(CLOCK_BOOTTIME, &now);
+  uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ull + now.tv_nsec;
+  while (!recent_uring_.empty() &&
+         (recent_uring_.front().ts_ns + kMergeWindowNs < now_ns || recent_uring_.size() > 4096)) {
+    recent_uring_.pop_front();
+  }
+
+  auto read = fanotify_->Read(&pending_);
+  if (!read.ok()) return read.status();
+  return handled;
+}
+
+}  // namespace tokenwatch::probes

@@ -1,0 +1,263 @@
+// The hook modes on the running kernel: which one auto picks, that refused
+// modes leave nothing behind, fanotify marks (short-lived readers keep their
+// lineage, rotation, queue overflow) and io_uring opens in the tracepoint and
+// fanotify modes, with an fd and with a direct descriptor.
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
+#include "agent/probes/hook_mode.h"
+#include "agent/probes/process_probe.h"
+#include "gtest/gtest.h"
+#include "tests/testing/require_bpf.h"
+
+namespace tokenwatch::probes {
+namespace {
+
+tw_file_id IdOf(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(stat(path.c_str(), &st), 0) << path;
+  return tw_file_id{KernelDev(st.st_dev), st.st_ino};
+}
+
+void WriteFile(const std::string& path) {
+  std::ofstream out(path, std::ios::trunc);
+  out << "not-a-real-token\n";
+}
+
+std::string Exe(const tw_proc& p) { return std::string(p.exe, strnlen(p.exe, sizeof(p.exe))); }
+
+TEST(HookModeTest, ParsesTheFlagValues) {
+  EXPECT_FALSE(ParseHookMode("auto")->has_value());
+  EXPECT_EQ(**ParseHookMode("lsm"), HookMode::kLsm);
+  EXPECT_EQ(**ParseHookMode("fentry"), HookMode::kFentry);
+  EXPECT_EQ(**ParseHookMode("fanotify"), HookMode::kFanotify);
+  EXPECT_EQ(**ParseHookMode("tracepoint"), HookMode::kTracepoint);
+  auto bad = ParseHookMode("kprobe");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(absl::StrContains(bad.status().message(), "--hook-mode kprobe"));
+}
+
+class HookModeBpfTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    TW_REQUIRE_ROOT_FOR_BPF();
+    char tmpl[] = "/tmp/tw-hooks-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    token_ = dir_ + "/token";
+    WriteFile(token_);
+    auto processes = ProcessProbe::Create(ProcessProbe::Options{});
+    TW_SKIP_OR_FAIL_ON_BPF_ERROR(processes.status());
+    processes_ = *std::move(processes);
+    // This process and its parents in the table, as the agent seeds it.
+    ASSERT_TRUE(processes_->Seed("/proc", "/sys/fs/cgroup").ok());
+  }
+
+  void TearDown() override {
+    hooks_.reset();
+    if (!dir_.empty()) std::system(("rm -rf " + dir_).c_str());
+  }
+
+  TokenHooks::Options OptionsFor(const std::string& mode) {
+    TokenHooks::Options options;
+    options.requested = mode;
+    options.probe.self_tgid = 0;  // this test process's own opens count
+    options.probe.procs_fd = processes_->procs_fd();
+    options.probe.exited_fd = processes_->exited_fd();
+    return options;
+  }
+
+  void OpenHooks(const std::string& mode) {
+    auto hooks = TokenHooks::Open(OptionsFor(mode));
+    TW_SKIP_OR_FAIL_ON_BPF_ERROR(hooks.status());
+    hooks_ = *std::move(hooks);
+    ASSERT_TRUE(hooks_->Watch(IdOf(token_), token_).ok());
+  }
+
+  // Records polled for up to ~2 s, until `want` arrived.
+  std::vector<tw_token_open> Drain(size_t want, absl::Duration max = absl::Seconds(2)) {
+    std::vector<tw_token_open> out;
+    const TokenOpenProbe::Handler handler = [&](const tw_token_open& e) { out.push_back(e); };
+    absl::Time deadline = absl::Now() + max;
+    while (absl::Now() < deadline && out.size() < want) {
+      EXPECT_TRUE(hooks_->Poll(absl::Milliseconds(50), handler).ok());
+    }
+    // A little longer: nothing more must come (one open, one record).
+    for (int i = 0; i < 4; ++i) EXPECT_TRUE(hooks_->Poll(absl::Milliseconds(50), handler).ok());
+    return out;
+  }
+
+  // Runs argv to completion (a short-lived child of this process).
+  void Run(std::vector<std::string> argv) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      std::vector<char*> args;
+      for (std::string& a : argv) args.push_back(a.data());
+      args.push_back(nullptr);
+      int null = open("/dev/null", O_WRONLY);
+      dup2(null, 1);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << argv[0];
+    last_child_ = static_cast<uint32_t>(pid);
+  }
+
+  // io_uring openat from this process; direct: into fixed-file slot 0.
+  void UringOpen(bool direct) {
+    io_uring ring;
+    ASSERT_EQ(io_uring_queue_init(4, &ring, 0), 0);
+    if (direct) {
+      int slots[1] = {-1};
+      ASSERT_EQ(io_uring_register_files(&ring, slots, 1), 0);
+    }
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    if (direct) {
+      io_uring_prep_openat_direct(sqe, AT_FDCWD, token_.c_str(), O_RDONLY, 0, 0);
+    } else {
+      io_uring_prep_openat(sqe, AT_FDCWD, token_.c_str(), O_RDONLY | O_CLOEXEC, 0);
+    }
+    ASSERT_EQ(io_uring_submit(&ring), 1);
+    io_uring_cqe* cqe = nullptr;
+    ASSERT_EQ(io_uring_wait_cqe(&ring, &cqe), 0);
+    int res = cqe->res;
+    io_uring_cqe_seen(&ring, cqe);
+    ASSERT_GE(res, 0) << strerror(-res);
+    if (!direct) close(res);
+    io_uring_queue_exit(&ring);
+  }
+
+  std::string dir_, token_;
+  uint32_t last_child_ = 0;
+  std::unique_ptr<ProcessProbe> processes_;
+  std::unique_ptr<TokenHooks> hooks_;
+};
+
+TEST_F(HookModeBpfTest, AutoTakesTheStrongestModeAndSaysWhyOthersWereRefused) {
+  OpenHooks("auto");
+  // Every mode stronger than the one chosen was refused, with a reason.
+  std::vector<std::string> passed;
+  for (const std::string& r : hooks_->refusals()) passed.push_back(r.substr(0, r.find(':')));
+  std::vector<std::string> expected;
+  for (HookMode m : {HookMode::kLsm, HookMode::kFentry, HookMode::kFanotify}) {
+    if (m == hooks_->mode()) break;
+    expected.push_back(HookModeName(m));
+  }
+  EXPECT_EQ(passed, expected) << absl::StrJoin(hooks_->refusals(), "\n");
+  // As root, fanotify is always possible: tracepoints are never the pick.
+  EXPECT_NE(hooks_->mode(), HookMode::kTracepoint);
+  EXPECT_FALSE(hooks_->attached().empty());
+}
+
+TEST_F(HookModeBpfTest, AnExplicitModeTheKernelRefusesFailsWithTheReason) {
+  for (const char* mode : {"lsm", "fentry"}) {
+    auto hooks = TokenHooks::Open(OptionsFor(mode));
+    if (hooks.ok()) {
+      EXPECT_EQ((*hooks)->mode_name(), std::string(mode));  // this kernel allows it
+      continue;
+    }
+    EXPECT_TRUE(absl::StartsWith(hooks.status().message(), absl::StrCat("--hook-mode ", mode)))
+        << hooks.status().message();
+  }
+  // Nothing of a refused attempt stays loaded: the next mode still works.
+  OpenHooks("fanotify");
+  EXPECT_EQ(hooks_->mode(), HookMode::kFanotify);
+}
+
+TEST_F(HookModeBpfTest, FanotifyKeepsTheLineageOfAReaderThatAlreadyExited) {
+  OpenHooks("fanotify");
+  Run({"/bin/cat", token_});
+  std::vector<tw_token_open> events = Drain(1);
+  ASSERT_EQ(events.size(), 1u);
+  const tw_token_open& e = events[0];
+  EXPECT_EQ(e.tgid, last_child_);
+  EXPECT_EQ(e.hook, TW_HOOK_FANOTIFY);
+  EXPECT_EQ(e.file.ino, IdOf(token_).ino);
+  // cat exited before the agent read the event: the exited table had it.
+  EXPECT_EQ(e.reader_known, 1u);
+  EXPECT_TRUE(absl::EndsWith(Exe(e.reader), "/cat")) << Exe(e.reader);
+  EXPECT_NE(e.reader.flags & TW_PROC_EXITED, 0u);
+  ASSERT_GE(e.n_ancestors, 1u);
+  EXPECT_EQ(e.ancestors[0].key.tgid, static_cast<uint32_t>(getpid()));
+}
+
+TEST_F(HookModeBpfTest, FanotifyMarksFollowRotation) {
+  OpenHooks("fanotify");
+  tw_file_id old_id = IdOf(token_);
+  // The kubelet's swap: a new file takes the path, the old one is dropped.
+  std::string next = dir_ + "/token.new";
+  WriteFile(next);
+  ASSERT_EQ(rename(next.c_str(), token_.c_str()), 0);
+  ASSERT_TRUE(hooks_->Watch(IdOf(token_), token_).ok());
+  ASSERT_TRUE(hooks_->Unwatch(old_id).ok());
+  Run({"/bin/cat", token_});
+  std::vector<tw_token_open> events = Drain(1);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].file.ino, IdOf(token_).ino);
+  // Unwatching the new one silences the path entirely.
+  ASSERT_TRUE(hooks_->Unwatch(IdOf(token_)).ok());
+  Run({"/bin/cat", token_});
+  EXPECT_TRUE(Drain(1, absl::Milliseconds(500)).empty());
+}
+
+TEST_F(HookModeBpfTest, FanotifyQueueOverflowIsCounted) {
+  // A tiny queue for groups created now; restored afterwards.
+  const char* knob = "/proc/sys/fs/fanotify/max_queued_events";
+  std::string saved;
+  std::ifstream(knob) >> saved;
+  ASSERT_FALSE(saved.empty());
+  std::ofstream(knob) << "4";
+  auto watcher = FanotifyWatcher::Create(0);
+  std::ofstream(knob) << saved;
+  ASSERT_TRUE(watcher.ok()) << watcher.status().message();
+  // Opens of one file by one process merge into one event: use many files.
+  for (int i = 0; i < 16; ++i) {
+    std::string path = dir_ + "/file" + std::to_string(i);
+    WriteFile(path);
+    ASSERT_TRUE((*watcher)->Watch(path, IdOf(path)).ok());
+    close(open(path.c_str(), O_RDONLY));
+  }
+  std::vector<FanotifyWatcher::Event> events;
+  ASSERT_TRUE((*watcher)->Read(&events).ok());
+  EXPECT_LE(events.size(), 4u);
+  EXPECT_GE((*watcher)->overflows(), 1u);
+}
+
+class IoUringHookTest : public HookModeBpfTest,
+                        public ::testing::WithParamInterface<std::tuple<const char*, bool>> {};
+
+TEST_P(IoUringHookTest, AnIoUringOpenIsOneRecordMarkedIoUring) {
+  auto [mode, direct] = GetParam();
+  OpenHooks(mode);
+  UringOpen(direct);
+  std::vector<tw_token_open> events = Drain(1);
+  ASSERT_EQ(events.size(), 1u) << "fanotify's own event must fold into the io_uring record";
+  const tw_token_open& e = events[0];
+  EXPECT_EQ(e.access, TW_ACCESS_IO_URING);
+  EXPECT_EQ(e.syscall, TW_SYSCALL_IO_URING_OPENAT);
+  EXPECT_EQ(e.tgid, static_cast<uint32_t>(getpid()));
+  EXPECT_EQ(e.file.ino, IdOf(token_).ino);
+  EXPECT_GE(e.n_ancestors, 1u);  // the lineage comes along
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, IoUringHookTest,
+                         ::testing::Combine(::testing::Values("tracepoint", "fanotify"),
+                                            ::testing::Bool()));
+
+}  // namespace
+}  // namespace tokenwatch::probes
