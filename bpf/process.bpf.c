@@ -60,6 +60,7 @@ int handle_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
 	struct task_struct *child = (struct task_struct *)ctx->args[1];
 	struct tw_proc_key parent_key;
 	struct tw_proc *e, *pe;
+	struct tw_taint *t;
 
 	/* threads share their process's entry */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
@@ -90,6 +91,11 @@ int handle_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
 		stats__inc(TW_STAT_PROC_UPDATE_FAILED);
 	else
 		stats__inc(TW_STAT_PROC_FORKS);
+
+	/* a child of a tainted process is tainted too, until it exits */
+	t = bpf_map_lookup_elem(&taint, &parent_key);
+	if (t)
+		bpf_map_update_elem(&taint, &e->key, t, BPF_ANY);
 	return 0;
 }
 
@@ -188,5 +194,6 @@ int handle_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
 	e->flags |= TW_PROC_EXITED;
 	bpf_map_update_elem(&exited, &key, e, BPF_ANY);
 	bpf_map_delete_elem(&procs, &key);
+	bpf_map_delete_elem(&taint, &key);
 	return 0;
 }

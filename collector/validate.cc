@@ -164,6 +164,9 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
     }
   }
   if (absl::Status s = CheckProcess("finding.process", f.process()); !s.ok()) return s;
+  if (f.has_reader()) {
+    if (absl::Status s = CheckProcess("finding.reader", f.reader()); !s.ok()) return s;
+  }
   if (f.ancestors_size() > kMaxAncestors) {
     return Invalid("finding.ancestors", absl::StrCat("more than ", kMaxAncestors, " entries"));
   }

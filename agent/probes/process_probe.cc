@@ -173,6 +173,15 @@ absl::StatusOr<int> ProcessProbe::Seed(const std::string& proc_root,
 
 int ProcessProbe::procs_fd() const { return bpf_map__fd(skel_->maps.procs); }
 int ProcessProbe::exited_fd() const { return bpf_map__fd(skel_->maps.exited); }
+int ProcessProbe::taint_fd() const { return bpf_map__fd(skel_->maps.taint); }
+
+std::optional<tw_proc> ProcessProbe::Lookup(const tw_proc_key& key) const {
+  tw_proc entry;
+  for (int fd : {procs_fd(), exited_fd()}) {
+    if (bpf_map_lookup_elem(fd, &key, &entry) == 0) return entry;
+  }
+  return std::nullopt;
+}
 
 std::array<uint64_t, TW_STAT_MAX> ProcessProbe::ReadStats() const {
   std::array<uint64_t, TW_STAT_MAX> total{};

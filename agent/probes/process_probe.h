@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,9 @@ class ProcessProbe {
 
   int procs_fd() const;
   int exited_fd() const;
+  int taint_fd() const;
+  // The entry for `key` from the live or the exited table.
+  std::optional<tw_proc> Lookup(const tw_proc_key& key) const;
   std::array<uint64_t, TW_STAT_MAX> ReadStats() const;
   // Entries in the live table (walks the keys: call it rarely).
   size_t CountEntries() const;

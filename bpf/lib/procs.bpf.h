@@ -12,6 +12,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "tokenwatch/process.h"
+#include "tokenwatch/token_use.h"
 
 /* set by the agent before load */
 const volatile __u64 ns_per_tick = 10000000; /* nanoseconds per USER_HZ tick */
@@ -41,6 +42,18 @@ struct {
 	__type(key, struct tw_proc_key);
 	__type(value, struct tw_proc);
 } exited SEC(".maps");
+
+/*
+ * Processes that read a token, or descend from one that did (written by
+ * the agent when it sees a read; inherited at fork; cleared at exit).
+ * Value: struct tw_taint from tokenwatch/token_use.h.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tw_proc_key);
+	__type(value, struct tw_taint);
+} taint SEC(".maps");
 
 static __always_inline void proc__key(struct task_struct *task, struct tw_proc_key *key)
 {

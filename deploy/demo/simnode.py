@@ -371,7 +371,7 @@ class Container:
     """One runc container of a pod. Its rootfs holds a static busybox with its
     applets in /bin and the entrypoint /app/controller; /var/run -> /run."""
 
-    def __init__(self, node, pod, name, entrypoint_argv, extra_mounts):
+    def __init__(self, node, pod, name, entrypoint_argv, extra_mounts, netns=None):
         self.node = node
         self.pod = pod
         self.name = name
@@ -381,6 +381,9 @@ class Container:
         self.cgroup_path = "/" + "/".join(KUBEPODS + ("pod" + pod.uid, self.id))
         self.entrypoint_argv = entrypoint_argv
         self.extra_mounts = extra_mounts
+        # A network namespace of the test's own (/var/run/netns/<name>) to
+        # join instead of the host's.
+        self.netns = netns
         self.init_pid = None
         self.created = False
         self.log_path = os.path.join(self.bundle, "container.log")
@@ -428,6 +431,9 @@ class Container:
         # the host cgroup namespace (/proc/self/cgroup shows the full path).
         linux["namespaces"] = [ns for ns in linux["namespaces"]
                                if ns["type"] in ("pid", "mount", "uts", "ipc")]
+        if self.netns:
+            linux["namespaces"].append({"type": "network",
+                                        "path": "/var/run/netns/" + self.netns})
         linux["cgroupsPath"] = self.cgroup_path
         with open(spec_path, "w") as f:
             json.dump(spec, f, indent=2)
@@ -675,10 +681,12 @@ class SimNode:
         pod._create()
         return pod
 
-    def add_container(self, pod, name="app", entrypoint_argv=(ENTRYPOINT,), extra_mounts=()):
+    def add_container(self, pod, name="app", entrypoint_argv=(ENTRYPOINT,), extra_mounts=(),
+                      netns=None):
         """Creates and starts a container in pod. extra_mounts: (host dir,
-        container path) pairs, bind-mounted read-only."""
-        c = Container(self, pod, name, entrypoint_argv, list(extra_mounts))
+        container path) pairs, bind-mounted read-only. netns: the name of a
+        network namespace (ip netns) to run in instead of the host's."""
+        c = Container(self, pod, name, entrypoint_argv, list(extra_mounts), netns=netns)
         pod.containers.append(c)
         c.start()
         return c
@@ -788,6 +796,9 @@ class Tokenwatch:
         return argv
 
     def start_agent(self, timeout=30, extra_args=()):
+        # CI runs the suites once per hook mode (tests/e2e/CMakeLists.txt).
+        mode = os.environ.get("TOKENWATCH_E2E_HOOK_MODE")
+        extra_args = (["--hook-mode", mode] if mode else []) + list(extra_args)
         self.agent = self._spawn(self.agent_argv() + list(extra_args), self.agent_log, "agent")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

