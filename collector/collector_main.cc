@@ -23,11 +23,17 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "agent/metrics/http_server.h"
+#include "collector/collector_metrics.h"
 #include "collector/service.h"
 #include "collector/store.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:9760",
           "HOST:PORT to serve gRPC on; port 0 picks a free port (printed at start)");
+constexpr char kDefaultMetricsAddress[] = "0.0.0.0:9761";
+ABSL_FLAG(std::string, metrics_address, kDefaultMetricsAddress,
+          "HOST:PORT to serve Prometheus /metrics on; port 0 picks a free port (printed at "
+          "start); empty: no metrics");
 ABSL_FLAG(std::string, db, "/var/lib/tokenwatch/collector.db", "SQLite database file");
 ABSL_FLAG(std::string, tls_cert, "", "serve TLS with this certificate chain (PEM file)");
 ABSL_FLAG(std::string, tls_key, "", "the private key of --tls-cert (PEM file)");
@@ -136,8 +142,30 @@ int main(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  // Metrics before the gRPC server, so that the first stream is counted. An address the
+  // operator chose must work; when the default port is taken (a second collector on a
+  // host, a test) the collector runs on without metrics and says so: its scrape target
+  // then reads as down, which is what the TokenwatchCollectorDown alert is for.
+  auto metrics = std::make_unique<tokenwatch::collector::CollectorMetrics>(db_path);
+  std::unique_ptr<tokenwatch::metrics::HttpServer> metrics_server;
+  const std::string metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (!metrics_address.empty()) {
+    absl::StatusOr<std::unique_ptr<tokenwatch::metrics::HttpServer>> started =
+        tokenwatch::metrics::HttpServer::Start(metrics_address, metrics->collectables(),
+                                               /*health=*/nullptr);
+    if (started.ok()) {
+      metrics_server = *std::move(started);
+    } else if (metrics_address != kDefaultMetricsAddress) {
+      return Fail(std::string(started.status().message()));
+    } else {
+      std::fprintf(stderr, "tokenwatch-collector: warning: %s; serving no metrics\n",
+                   std::string(started.status().message()).c_str());
+    }
+  }
+
   tokenwatch::collector::CollectorService::Options service_options;
   service_options.verify_node_names = tls.has_value() && !tls->client_ca.empty();
+  service_options.metrics = metrics.get();
   tokenwatch::collector::CollectorService service(store->get(), service_options);
   absl::StatusOr<tokenwatch::collector::RunningServer> server =
       tokenwatch::collector::StartServer(listen, &service, tls ? &*tls : nullptr);
@@ -145,6 +173,11 @@ int main(int argc, char** argv) {
   std::printf("listening on %s:%d%s\n", host.c_str(), server->port,
               !tls ? "" : service_options.verify_node_names ? " (TLS, client certificates required)"
                                                             : " (TLS)");
+  if (metrics_server != nullptr) {
+    const size_t metrics_colon = metrics_address.rfind(':');
+    std::printf("metrics on %s:%d\n", metrics_address.substr(0, metrics_colon).c_str(),
+                metrics_server->port());
+  }
   std::fflush(stdout);
 
   int signal_number = 0;

@@ -62,8 +62,10 @@ std::set<std::string> CertificateNames(const grpc::CallbackServerContext* contex
 // ingest never calls back into a deleted reactor. Deletes itself in OnDone.
 class ReportReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  ReportReactor(Ingest* ingest, grpc::CallbackServerContext* context, bool verify_node_names)
+  ReportReactor(Ingest* ingest, CollectorMetrics* metrics, grpc::CallbackServerContext* context,
+                bool verify_node_names)
       : ingest_(ingest),
+        metrics_(metrics),
         peer_(context->peer()),
         verify_node_names_(verify_node_names),
         certificate_names_(verify_node_names ? CertificateNames(context)
@@ -112,7 +114,13 @@ class ReportReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     Act(actions);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (hello_seen_) metrics_->AgentDisconnected();
+    }
+    delete this;
+  }
 
  private:
   struct Actions {
@@ -151,22 +159,37 @@ class ReportReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     for (const grpc::Slice& s : slices) {
       bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
     }
-    absl::StatusOr<ReportRequest> parsed = ParseReportRequest(bytes, absl::Now());
-    if (!parsed.ok()) return parsed.status();
-    ReportRequest& request = *parsed;
+    // Parsed and validated in two steps (ParseReportRequest's) so that each refusal is counted
+    // under its reason.
+    ReportRequest request;
+    if (!request.ParseFromString(bytes)) {
+      metrics_->Rejected(CollectorMetrics::kUnparsable);
+      return absl::InvalidArgumentError("request: not a serialized ReportRequest");
+    }
+    if (request.has_finding()) metrics_->FindingReceived();
+    if (absl::Status s = ValidateReportRequest(request, absl::Now()); !s.ok()) {
+      metrics_->Rejected(CollectorMetrics::kInvalid);
+      return s;
+    }
 
     if (request.has_hello()) {
-      if (hello_seen_) return absl::InvalidArgumentError("hello: sent twice on one stream");
+      if (hello_seen_) {
+        metrics_->Rejected(CollectorMetrics::kProtocol);
+        return absl::InvalidArgumentError("hello: sent twice on one stream");
+      }
       if (verify_node_names_ && certificate_names_.count(request.hello().node()) == 0) {
+        metrics_->Rejected(CollectorMetrics::kNodeMismatch);
         return absl::PermissionDeniedError(
             absl::StrCat("hello.node: '", request.hello().node(),
                          "' is not a name in the client certificate"));
       }
       hello_seen_ = true;
+      metrics_->AgentConnected();
       node_ = request.hello().node();
       return absl::OkStatus();
     }
     if (!hello_seen_) {
+      metrics_->Rejected(CollectorMetrics::kProtocol);
       return absl::InvalidArgumentError("the first message of a Report stream must be a Hello");
     }
     if (request.has_gap()) {
@@ -175,13 +198,17 @@ class ReportReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
     }
     const uint64_t seq = request.finding().sequence();
     if (verify_node_names_ && request.finding().finding().node() != node_) {
+      metrics_->Rejected(CollectorMetrics::kNodeMismatch);
       return absl::PermissionDeniedError(
           absl::StrCat("sequence ", seq, ": finding.node is not the node of this stream"));
     }
     pipeline_.push_back(Step{seq, /*gap=*/false, /*done=*/false});
     ++in_flight_;
     ingest_->Submit(std::move(*request.mutable_finding()->mutable_finding()),
-                    [this](const absl::Status& status) { OnCommitted(status); });
+                    [this, received = absl::Now()](const absl::Status& status) {
+                      metrics_->FindingCommitted(status.ok(), absl::Now() - received);
+                      OnCommitted(status);
+                    });
     return absl::OkStatus();
   }
 
@@ -238,6 +265,7 @@ class ReportReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
       } else {
         ahead_.insert(step.sequence);
         if (ahead_.size() > kMaxOutOfOrder) {
+          metrics_->Rejected(CollectorMetrics::kProtocol);
           return absl::ResourceExhaustedError("finding.sequence: too many findings after a gap");
         }
       }
@@ -275,6 +303,7 @@ class ReportReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grp
   };
 
   Ingest* const ingest_;
+  CollectorMetrics* const metrics_;
   const std::string peer_;
   const bool verify_node_names_;
   const std::set<std::string> certificate_names_;
@@ -390,12 +419,13 @@ class WatchReactor final : public grpc::ServerWriteReactor<Finding> {
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* CollectorService::Report(
     grpc::CallbackServerContext* context) {
-  return new ReportReactor(&ingest_, context, options_.verify_node_names);
+  return new ReportReactor(&ingest_, metrics_, context, options_.verify_node_names);
 }
 
 grpc::ServerUnaryReactor* CollectorService::ListFindings(
     grpc::CallbackServerContext* context, const tokenwatch::v1::ListFindingsRequest* request,
     tokenwatch::v1::ListFindingsResponse* response) {
+  RequestTimer timer(metrics_, "ListFindings");
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<FindingQuery> query = QueryFromRequest(*request);
   if (!query.ok()) {
@@ -432,6 +462,7 @@ grpc::ServerWriteReactor<Finding>* CollectorService::WatchFindings(
 grpc::ServerUnaryReactor* CollectorService::GetFinding(
     grpc::CallbackServerContext* context, const tokenwatch::v1::GetFindingRequest* request,
     Finding* response) {
+  RequestTimer timer(metrics_, "GetFinding");
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   if (!IsUuid(request->id())) {
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "id: not a UUID"));

@@ -6,6 +6,7 @@
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
+#include "collector/collector_metrics.h"
 #include "collector/ingest.h"
 #include "collector/store.h"
 #include "tokenwatch/v1/collector.grpc.pb.h"
@@ -41,11 +42,18 @@ class CollectorService final : public CollectorCallbackBase {
     // common name or one of its subject alternative names, and findings from another node on
     // it. Set when the server requires client certificates.
     bool verify_node_names = false;
+    // Where to count findings, rejections, connections and latencies; null
+    // counts into a private, unexported set. Must outlive the service.
+    CollectorMetrics* metrics = nullptr;
   };
 
   explicit CollectorService(FindingStore* store) : CollectorService(store, Options()) {}
   CollectorService(FindingStore* store, Options options)
-      : store_(store), options_(options), ingest_(store, &hub_) {}
+      : store_(store),
+        options_(options),
+        own_metrics_(options.metrics == nullptr ? std::make_unique<CollectorMetrics>() : nullptr),
+        metrics_(options.metrics != nullptr ? options.metrics : own_metrics_.get()),
+        ingest_(store, &hub_) {}
 
   // Each message is a serialized ReportRequest; each answer a serialized ReportResponse.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Report(
@@ -66,6 +74,8 @@ class CollectorService final : public CollectorCallbackBase {
  private:
   FindingStore* const store_;
   const Options options_;
+  const std::unique_ptr<CollectorMetrics> own_metrics_;
+  CollectorMetrics* const metrics_;
   FindingHub hub_;
   Ingest ingest_;  // after hub_: it publishes to it until destroyed
 };

@@ -4,6 +4,17 @@ namespace tokenwatch::metrics {
 
 using prometheus::BuildCounter;
 using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+namespace {
+
+// From a millisecond (the ring is polled every 100 ms, records batch) to the
+// 10 s beyond which a detection is late enough to page about.
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+}
+
+}  // namespace
 
 AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_commit,
                            const std::string& kernel_release)
@@ -14,7 +25,8 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
                    .Register(*registry_)),
       drops_(BuildCounter()
                  .Name("tokenwatch_kernel_drops_total")
-                 .Help("Events the kernel side lost, by reason (ring_full).")
+                 .Help("Events the kernel side lost, by reason (ring_full, proc_table_update_failed, "
+                       "proc_table_evicted).")
                  .Register(*registry_)),
       findings_(BuildCounter()
                     .Name("tokenwatch_findings_total")
@@ -80,7 +92,43 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
       errors_(BuildCounter()
                   .Name("tokenwatch_processing_errors_total")
                   .Help("Events the agent could not process, by stage.")
-                  .Register(*registry_)) {
+                  .Register(*registry_)),
+      spool_bytes_(&BuildGauge()
+                        .Name("tokenwatch_export_spool_bytes")
+                        .Help("Bytes of the on-disk delivery spool.")
+                        .Register(*registry_)
+                        .Add({})),
+      policy_reloads_(&BuildCounter()
+                           .Name("tokenwatch_policy_reloads_total")
+                           .Help("Policy loads and reloads attempted.")
+                           .Register(*registry_)
+                           .Add({})),
+      policy_reload_failures_(&BuildCounter()
+                                   .Name("tokenwatch_policy_reload_failures_total")
+                                   .Help("Policy loads refused (the previous policy stays).")
+                                   .Register(*registry_)
+                                   .Add({})),
+      apiservers_watched_(&BuildGauge()
+                               .Name("tokenwatch_apiserver_addresses_watched")
+                               .Help("API server addresses the agent watches connections to.")
+                               .Register(*registry_)
+                               .Add({})),
+      detection_latency_(&BuildHistogram()
+                              .Name("tokenwatch_detection_latency_seconds")
+                              .Help("Kernel timestamp of a token read to its finding handed to "
+                                    "the exporters.")
+                              .Register(*registry_)
+                              .Add({}, LatencyBuckets())),
+      ready_(&BuildGauge()
+                  .Name("tokenwatch_ready")
+                  .Help("1 when /readyz answers 200 (probes attached, inventory readable).")
+                  .Register(*registry_)
+                  .Add({})) {
+  // Every drop reason exists from the start, so that increase() and the
+  // alerting rules see the first loss rather than a series appearing.
+  for (const char* reason : {"ring_full", "proc_table_update_failed", "proc_table_evicted"}) {
+    drops_.Add({{"reason", reason}});
+  }
   BuildGauge()
       .Name("tokenwatch_build_info")
       .Help("Build and kernel of this agent (labels), value 1.")

@@ -10,6 +10,7 @@
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
 namespace tokenwatch::metrics {
@@ -44,6 +45,17 @@ class AgentMetrics {
   void ProcessingError(const std::string& stage) {
     errors_.Add({{"stage", stage}}).Increment();
   }
+  // Bytes of the delivery spool on disk.
+  void SetSpoolBytes(uint64_t bytes) { spool_bytes_->Set(static_cast<double>(bytes)); }
+  // A policy (re)load: counted always, and as a failure when it was refused.
+  void PolicyReload(bool ok) {
+    policy_reloads_->Increment();
+    if (!ok) policy_reload_failures_->Increment();
+  }
+  void SetApiServersWatched(double n) { apiservers_watched_->Set(n); }
+  // Kernel timestamp of the event -> finding handed to the exporter.
+  void ObserveDetectionLatency(double seconds) { detection_latency_->Observe(seconds); }
+  void SetReady(bool ready) { ready_->Set(ready ? 1 : 0); }
 
  private:
   // Raises counter `c` to `value` (mirrors of monotonic counters kept elsewhere).
@@ -66,6 +78,12 @@ class AgentMetrics {
   prometheus::Counter* export_dropped_;
   prometheus::Gauge* connected_;
   prometheus::Family<prometheus::Counter>& errors_;
+  prometheus::Gauge* spool_bytes_;
+  prometheus::Counter* policy_reloads_;
+  prometheus::Counter* policy_reload_failures_;
+  prometheus::Gauge* apiservers_watched_;
+  prometheus::Histogram* detection_latency_;
+  prometheus::Gauge* ready_;
 };
 
 }  // namespace tokenwatch::metrics

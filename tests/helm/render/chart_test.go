@@ -706,7 +706,10 @@ func TestPrometheusRuleIsTheDeployRulesFile(t *testing.T) {
 	for _, r := range list(rule, "spec", "groups", "[0]", "rules") {
 		alerts = append(alerts, str(r, "alert"))
 	}
-	wantAlerts := []string{"TokenwatchAgentDown", "TokenwatchEventsLost", "TokenwatchCriticalFinding", "TokenwatchHighFinding"}
+	wantAlerts := []string{"TokenwatchAgentDown", "TokenwatchAgentNotReady", "TokenwatchProbeDetached",
+		"TokenwatchEventsLost", "TokenwatchCriticalFinding", "TokenwatchHighFinding",
+		"TokenwatchProcessTableEvicting", "TokenwatchDetectionSlow", "TokenwatchFindingsLost",
+		"TokenwatchCollectorUnreachable", "TokenwatchCollectorDown", "TokenwatchCollectorRejecting"}
 	if !reflect.DeepEqual(alerts, wantAlerts) {
 		t.Errorf("alerts %v, want %v", alerts, wantAlerts)
 	}
