@@ -3,6 +3,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "agent/detect/finding_builder.h"
 
 namespace tokenwatch::detect {
@@ -35,6 +36,8 @@ bool IsShellOrTool(const std::string& exe, const std::string& comm) {
       if (name == tool) return true;
     }
     if (absl::StartsWith(name, "python")) return true;
+    // A renamed busybox (busybox.static, busybox-x) is still every applet.
+    if (absl::StartsWith(name, "busybox")) return true;
   }
   return false;
 }
@@ -45,10 +48,26 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   std::string rule_id, rule_name, summary;
   v1::Severity severity = v1::SEVERITY_UNSPECIFIED;
   std::string reader_pod = "host";
+  last_unexpected_ = false;
 
-  if (!reader.container.has_value()) {
+  if (read.io_uring) {
+    // io_uring opens pass no open system call, which is how readers hide
+    // from syscall-based sensors: whoever reads a token that way, TW005.
+    bool other_pod = reader.container.has_value() && reader.container->pod_uid != token.pod_uid;
+    reader_pod = reader.container.has_value() ? reader.container->pod_uid : "host";
+    rule_id = "TW005";
+    rule_name = "token-read-io-uring";
+    severity = other_pod ? v1::SEVERITY_CRITICAL : v1::SEVERITY_HIGH;
+    summary = absl::StrFormat(
+        "%s%s opened the service-account token of pod %s (service account %s) through io_uring.",
+        Actor(reader), other_pod ? absl::StrCat(" in another pod (uid ", reader_pod, ")") : "",
+        PodName(token), token.claims.service_account);
+  } else if (!reader.container.has_value()) {
     for (const std::string& allowed : options_.host_allowed_exes) {
       if (reader.exe == allowed || Basename(reader.exe) == allowed) return {};
+    }
+    if (options_.expectations != nullptr && options_.expectations->HostReaderAllowed(reader)) {
+      return {};
     }
     rule_id = "TW003";
     rule_name = "token-read-host";
@@ -82,7 +101,11 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   } else {
     reader_pod = reader.container->pod_uid;
     bool tool = IsShellOrTool(reader.exe, reader.comm);
-    if (!tool && !read.entrypoint_exe.empty() && reader.exe == read.entrypoint_exe) return {};
+    if (options_.expectations != nullptr) {
+      if (options_.expectations->OwnPodReaderExpected(read, tool)) return {};
+    } else if (!tool && !read.entrypoint_exe.empty() && reader.exe == read.entrypoint_exe) {
+      return {};
+    }
     rule_id = "TW001";
     rule_name = "token-read-unexpected";
     severity = tool ? v1::SEVERITY_HIGH : v1::SEVERITY_MEDIUM;
@@ -93,6 +116,22 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
         read.entrypoint_exe.empty() ? "unknown" : read.entrypoint_exe);
   }
 
+  // The policy may switch the rule off or set its severity; context (a shell,
+  // an exec session) raises it. Until Finding has a severity_reasons field
+  // the reasons end the summary.
+  if (options_.expectations != nullptr) {
+    std::vector<std::string> reasons;
+    std::optional<v1::Severity> set = options_.expectations->Severity(
+        rule_id, read, severity, IsShellOrTool(reader.exe, reader.comm), &reasons);
+    if (!set.has_value()) return {};
+    severity = *set;
+    if (!reasons.empty()) {
+      absl::StrAppend(&summary, " Severity ", SeverityName(severity), ": ",
+                      absl::StrJoin(reasons, "; "), ".");
+    }
+  }
+
+  last_unexpected_ = true;
   // Fold by (rule, reader pod, exe, token): the token is named by its owner
   // and file, so the fold survives rotation.
   std::string key = absl::StrCat(rule_id, "\x1f", reader_pod, "\x1f", reader.exe, "\x1f",

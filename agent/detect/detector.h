@@ -5,6 +5,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
+#include "agent/detect/baseline.h"
 #include "agent/detect/token_read.h"
 #include "tokenwatch/v1/finding.pb.h"
 
@@ -20,7 +21,13 @@ struct DetectorOptions {
   // node's own components.
   std::vector<std::string> host_allowed_exes = {
       "kubelet", "containerd", "containerd-shim", "containerd-shim-runc-v2", "crio", "conmon",
-      "runc",    "crun",       "dockerd",         "cri-dockerd"};
+      "runc",    "crun",       "dockerd",         "cri-dockerd",
+      // CNI plugins the runtime runs on the host at pod setup.
+      "calico", "calico-ipam", "cilium-cni", "flannel", "multus", "multus-shim", "aws-cni",
+      "azure-vnet", "istio-cni", "ovn-k8s-cni-overlay"};
+  // Policy, learned baselines and severity settings (agent/detect/policy.h,
+  // baseline.h); null: only the built-in defaults above and the entrypoint.
+  Expectations* expectations = nullptr;
 };
 
 // Decides whether a token read was expected and turns the unexpected ones into
@@ -31,7 +38,9 @@ struct DetectorOptions {
 // transfer tools), TW002 token-read-cross-pod (a process of another pod),
 // TW003 token-read-host (a host process other than the node's components),
 // TW004 token-read-exec-session (a process of the owner pod that entered
-// through an exec session rather than descending from the entrypoint).
+// through an exec session rather than descending from the entrypoint),
+// TW005 token-read-io-uring (any open through io_uring; it takes precedence,
+// critical from another pod).
 //
 // Threading: not thread-safe; the event thread owns it.
 class Detector {
@@ -48,6 +57,9 @@ class Detector {
   std::vector<v1::Finding> Flush(absl::Time now);
 
   uint64_t folded() const { return folded_; }
+  // Whether the last OnTokenRead judged the read unexpected (a finding was
+  // raised or folded), so the correlator taints only such readers.
+  bool last_unexpected() const { return last_unexpected_; }
 
  private:
   struct Fold {
@@ -59,6 +71,7 @@ class Detector {
   DetectorOptions options_;
   absl::flat_hash_map<std::string, Fold> folds_;
   uint64_t folded_ = 0;
+  bool last_unexpected_ = false;
 };
 
 // True for shells, interpreters, busybox and the usual file/transfer tools,

@@ -13,6 +13,7 @@
 #include "absl/strings/strip.h"
 #include "agent/common/log.h"
 #include "agent/detect/finding_builder.h"
+#include "agent/detect/sensor_findings.h"
 #include "agent/main/version.h"
 
 namespace tokenwatch::agent {
@@ -79,19 +80,17 @@ absl::Status Agent::Init() {
   if (config_.log_level == "warning") SetLogLevel(LogLevel::kWarning);
   if (config_.log_level == "error") SetLogLevel(LogLevel::kError);
 
-  // Hook choice is made before anything is attached. Only the syscall
-  // tracepoints exist in this build; the stronger hooks are issue #9.
-  if (config_.hook_mode != "auto" && config_.hook_mode != "tracepoint") {
-    return absl::UnimplementedError(absl::StrCat(
-        "--hook-mode ", config_.hook_mode,
-        ": not available in this build (use auto or tracepoint)"));
-  }
-  hook_mode_ = "tracepoint";
+  // The hook mode is decided with the token hooks below, before any of them
+  // stays attached (agent/probes/hook_mode.h); a bad name fails here.
+  if (auto mode = probes::ParseHookMode(config_.hook_mode); !mode.ok()) return mode.status();
 
   if (absl::Status s = EnsureStateDir(); !s.ok()) return s;
 
   metrics_ = std::make_unique<metrics::AgentMetrics>(kVersion, kGitCommit, KernelRelease());
-  metrics_->SetHookMode(hook_mode_);
+  // Serve before the probes load: /readyz answers 503 until they are attached.
+  auto http = metrics::HttpServer::Start(config_.metrics_address, metrics_->registry(), &health_);
+  if (!http.ok()) return http.status();
+  http_ = *std::move(http);
 
   std::string btf_path;
   if (const char* btf = std::getenv("TOKENWATCH_BTF_PATH"); btf != nullptr) btf_path = btf;
@@ -119,20 +118,40 @@ absl::Status Agent::Init() {
   if (!seeded.ok()) return seeded.status();
   for (const std::string& name : processes_->attached()) metrics_->SetProbeAttached(name, true);
 
-  probes::TokenOpenProbe::Options probe_options;
-  probe_options.self_tgid = static_cast<uint32_t>(getpid());
-  probe_options.btf_path = btf_path;
-  probe_options.procs_fd = processes_->procs_fd();
-  probe_options.max_depth = config_.lineage_depth;
-  probe_options.argv_bytes = config_.argv_bytes;
-  probe_options.exited_fd = processes_->exited_fd();
-  auto probe = probes::TokenOpenProbe::Create(probe_options);
+  // The token hooks: the strongest mode the kernel allows (or the one asked for).
+  probes::TokenHooks::Options hook_options;
+  hook_options.requested = config_.hook_mode;
+  hook_options.proc_root = proc_.root();
+  hook_options.probe.self_tgid = static_cast<uint32_t>(getpid());
+  hook_options.probe.btf_path = btf_path;
+  hook_options.probe.procs_fd = processes_->procs_fd();
+  hook_options.probe.exited_fd = processes_->exited_fd();
+  hook_options.probe.max_depth = config_.lineage_depth;
+  hook_options.probe.argv_bytes = config_.argv_bytes;
+  hook_options.probe.ring_bytes = config_.ring_buffer_bytes;
+  auto probe = probes::TokenHooks::Open(hook_options);
   if (!probe.ok()) return probe.status();
   probe_ = *std::move(probe);
+  hook_mode_ = probe_->mode_name();
+  metrics_->SetHookMode(hook_mode_);
   for (const std::string& name : probe_->attached()) metrics_->SetProbeAttached(name, true);
   health_.SetProbesAttached(true);
   lineage_ = std::make_unique<process::LineageBuilder>(
       process::LineageBuilder::Options{config_.lineage_depth}, &proc_, cgroups_.get(), &clock_);
+
+  // Policy, learned baselines and severity: the config's `policy:` key.
+  detect::PolicyRuntime::Options policy_options;
+  policy_options.config_file = config_.config_file;
+  policy_options.state_dir = config_.state_dir;
+  policy_options.node = config_.node_name;
+  policy_options.proc_root = proc_.root();
+  policy_options.check_agent_keys = [](const std::string& path) {
+    AgentConfig scratch;
+    return LoadAgentConfigFile(path, &scratch);
+  };
+  auto policy = detect::PolicyRuntime::Create(std::move(policy_options));
+  if (!policy.ok()) return policy.status();
+  policy_ = *std::move(policy);
 
   detect::DetectorOptions detector_options;
   detector_options.node = config_.node_name;
@@ -141,7 +160,30 @@ absl::Status Agent::Init() {
   if (!config_.host_allowed_executables.empty()) {
     detector_options.host_allowed_exes = config_.host_allowed_executables;
   }
+  detector_options.expectations = policy_->expectations();
   detector_ = std::make_unique<detect::Detector>(detector_options);
+  sensor_loss_ = std::make_unique<detect::SensorLossReporter>(config_.node_name, hook_mode_);
+
+  // Read -> use: connections to the API server, the metadata service and
+  // the internet, and tokens on command lines.
+  TokenUse::Deps use_deps;
+  use_deps.config = &config_;
+  use_deps.processes = processes_.get();
+  use_deps.lineage = lineage_.get();
+  use_deps.clock = &clock_;
+  use_deps.name_pod = [this](process::ProcessView* v) { NamePod(v); };
+  use_deps.apiserver_contact_expected = [this](const process::ProcessView& v) {
+    return ApiserverContactExpected(v);
+  };
+  use_deps.lookup_digest = [this](const std::string& digest) {
+    return inventory_->LookupDigest(digest);
+  };
+  use_deps.raise = [this](const v1::Finding& f) { Raise(f); };
+  use_deps.hook_mode = hook_mode_;
+  auto use = TokenUse::Create(std::move(use_deps));
+  if (!use.ok()) return use.status();
+  use_ = *std::move(use);
+  for (const std::string& name : use_->attached()) metrics_->SetProbeAttached(name, true);
 
   auto json = exporting::JsonLinesWriter::Open(config_.findings_out);
   if (!json.ok()) return json.status();
@@ -163,10 +205,6 @@ absl::Status Agent::Init() {
     collector_ = *std::move(client);
     collector_->Start();
   }
-
-  auto http = metrics::HttpServer::Start(config_.metrics_address, metrics_->registry(), &health_);
-  if (!http.ok()) return http.status();
-  http_ = *std::move(http);
 
   // The first inventory is loaded into the kernel map before we say ready.
   tokens::TokenInventory::Options inventory_options;
@@ -199,7 +237,7 @@ void Agent::ApplyInventoryDelta(const tokens::InventoryDelta& delta) {
   absl::MutexLock lock(&watch_mu_);
   // A rotated token's new inode is watched before the old one is dropped.
   for (const tokens::TokenInfo& token : delta.added) {
-    if (absl::Status s = probe_->Watch(ToKernelId(token.id)); !s.ok()) {
+    if (absl::Status s = probe_->Watch(ToKernelId(token.id), token.host_path); !s.ok()) {
       Logf(LogLevel::kWarning, "%s", s.message());
       metrics_->ProcessingError("watch");
       continue;
@@ -215,18 +253,36 @@ void Agent::ApplyInventoryDelta(const tokens::InventoryDelta& delta) {
   }
   {
     absl::flat_hash_map<std::string, std::pair<std::string, std::string>> names;
+    absl::flat_hash_map<std::string, std::string> accounts;
     for (const tokens::TokenInfo& token : inventory_->Snapshot()) {
       if (!token.claims.pod_name.empty()) {
         names[token.pod_uid] = {token.claims.namespace_name, token.claims.pod_name};
+        accounts[token.pod_uid] = token.claims.service_account;
       }
     }
     absl::MutexLock pods_lock(&pods_mu_);
     pod_names_ = std::move(names);
+    pod_accounts_ = std::move(accounts);
   }
   tokens::InventoryStats stats = inventory_->stats();
   metrics_->SetTokensWatched(static_cast<double>(stats.tokens));
   metrics_->SetInventoryErrors("malformed", stats.malformed);
   metrics_->SetInventoryErrors("unreadable", stats.unreadable);
+}
+
+bool Agent::ApiserverContactExpected(const process::ProcessView& view) {
+  if (!view.container.has_value() || view.pod_name.empty()) return true;  // cannot tell
+  detect::WorkloadKey key;
+  key.namespace_name = view.pod_namespace;
+  key.pod_name = view.pod_name;
+  key.workload = detect::WorkloadName(view.pod_name, config_.node_name);
+  key.container = entrypoints_->EntrypointExe(view.cgroup);
+  {
+    absl::MutexLock lock(&pods_mu_);
+    auto it = pod_accounts_.find(view.container->pod_uid);
+    if (it != pod_accounts_.end()) key.service_account = it->second;
+  }
+  return policy_->expectations()->ApiserverContactExpected(key, view.exe, absl::Now());
 }
 
 void Agent::NamePod(process::ProcessView* view) {
@@ -253,17 +309,28 @@ void Agent::OnTokenOpen(const tw_token_open& event) {
   read.lineage = lineage_->FromTokenOpen(event);
   NamePod(&read.lineage.process);
   for (process::ProcessView& ancestor : read.lineage.ancestors) NamePod(&ancestor);
-  read.syscall = probes::OpenSyscallName(event.syscall);
+  read.syscall = probes::OpenAccessText(event);
+  read.io_uring = event.access == TW_ACCESS_IO_URING;
   read.flags = event.flags;
   if (!read.lineage.process.cgroup.empty() && read.lineage.process.container.has_value()) {
     read.entrypoint_exe = entrypoints_->EntrypointExe(read.lineage.process.cgroup);
   }
   for (const v1::Finding& finding : detector_->OnTokenRead(read)) {
-    metrics_->Finding(finding.rule_id(), SeverityLabel(finding.severity()));
-    Logf(LogLevel::kInfo, "finding %s %s %s: %s", finding.rule_id(),
-         SeverityLabel(finding.severity()), finding.id(), finding.summary());
-    Export(finding);
+    Raise(finding);
+    // Both ends on the boot clock: kernel event -> finding with the exporters.
+    const uint64_t now_ns = clock_.NowBoottimeNs();
+    if (now_ns >= event.hdr.ts_ns) {
+      metrics_->ObserveDetectionLatency(static_cast<double>(now_ns - event.hdr.ts_ns) / 1e9);
+    }
   }
+  if (detector_->last_unexpected()) use_->OnUnexpectedRead(read);
+}
+
+void Agent::Raise(const v1::Finding& finding) {
+  metrics_->Finding(finding.rule_id(), SeverityLabel(finding.severity()));
+  Logf(LogLevel::kInfo, "finding %s %s %s: %s", finding.rule_id(),
+       SeverityLabel(finding.severity()), finding.id(), finding.summary());
+  Export(finding);
 }
 
 void Agent::Export(const v1::Finding& finding) {
@@ -276,9 +343,20 @@ void Agent::Export(const v1::Finding& finding) {
 
 void Agent::Housekeeping() {
   for (const v1::Finding& finding : detector_->Flush(absl::Now())) Export(finding);
+  policy_->Housekeeping(absl::Now());
+  detect::PolicyReloadStats reloads = policy_->reload_stats();
+  for (; policy_successes_seen_ < reloads.successes; ++policy_successes_seen_) {
+    metrics_->PolicyReload(true);
+  }
+  for (; policy_failures_seen_ < reloads.failures; ++policy_failures_seen_) {
+    metrics_->PolicyReload(false);
+  }
+  use_->Housekeeping(absl::Now());
+  metrics_->SetApiServersWatched(static_cast<double>(use_->apiservers().size()));
   metrics_->SetFolded(detector_->folded());
   auto stats = probe_->ReadStats();
   metrics_->KernelDrops("ring_full", stats[TW_STAT_RING_FULL]);
+  ReportFanotifyOverflows();
   if (absl::Now() >= next_table_count_) {
     // Walking the table's keys costs a syscall each: not every second.
     metrics_->SetProcessesTracked(static_cast<double>(processes_->CountEntries()));
@@ -288,10 +366,49 @@ void Agent::Housekeeping() {
   metrics_->KernelDrops("proc_table_update_failed", proc_stats[TW_STAT_PROC_UPDATE_FAILED]);
   metrics_->KernelDrops("proc_table_evicted",
                         proc_stats[TW_STAT_PROC_MISSING] + stats[TW_STAT_PROC_MISSING]);
+  // Lost records are lost detections: say so as a finding too (TW090).
+  if (std::optional<v1::Finding> lost = sensor_loss_->Observe(
+          detect::SensorLoss{stats[TW_STAT_RING_FULL], proc_stats[TW_STAT_PROC_UPDATE_FAILED]},
+          absl::Now())) {
+    Raise(*lost);
+  }
+  // New tokens appear under the kubelet root: while it cannot be read, we are not ready.
+  std::string problem = metrics::DirectoryProblem(config_.kubelet_root);
+  if (problem != inventory_problem_) {
+    if (problem.empty()) {
+      Logf(LogLevel::kInfo, "kubelet root %s is readable again", config_.kubelet_root);
+    } else {
+      Logf(LogLevel::kError, "token inventory unreadable: %s", problem);
+    }
+    inventory_problem_ = problem;
+    health_.SetInventoryProblem(problem);
+  }
+  metrics_->SetReady(health_.NotReadyReason().empty());
   if (collector_ != nullptr) {
     exporting::CollectorClient::Stats s = collector_->stats();
     metrics_->SetExport(s.queue_depth, s.sent, s.acked, s.send_failures, s.dropped, s.connected);
+    metrics_->SetSpoolBytes(s.spool_bytes);
   }
+}
+
+// A full fanotify queue drops token opens unseen: count it and raise TW090,
+// at most once a minute, counting the overflows since the last finding.
+void Agent::ReportFanotifyOverflows() {
+  uint64_t overflows = probe_->fanotify_overflows();
+  metrics_->KernelDrops("fanotify_overflow", overflows);
+  if (overflows <= fanotify_overflows_reported_) return;
+  absl::Time now = absl::Now();
+  if (now - last_overflow_report_ < absl::Minutes(1)) return;
+  uint64_t lost = overflows - fanotify_overflows_reported_;
+  v1::Finding finding = detect::BuildSensorEventsLostFinding(config_.node_name, hook_mode_,
+                                                             detect::SensorLoss{}, now, now);
+  finding.set_count(lost);
+  finding.set_summary(absl::StrCat(
+      "the fanotify event queue overflowed ", lost, " time(s): token reads in that window may ",
+      "have gone unseen"));
+  fanotify_overflows_reported_ = overflows;
+  last_overflow_report_ = now;
+  Raise(finding);
 }
 
 void Agent::Run() {
@@ -305,6 +422,7 @@ void Agent::Run() {
       Logf(LogLevel::kError, "%s", polled.status().message());
       metrics_->ProcessingError("ring");
     }
+    use_->Poll();
     health_.Heartbeat();
     if (absl::Now() >= next_housekeeping) {
       Housekeeping();
@@ -312,6 +430,7 @@ void Agent::Run() {
     }
   }
   Housekeeping();
+  policy_->Stop();
   Logf(LogLevel::kInfo, "stopping");
 }
 

@@ -171,6 +171,21 @@ const std::vector<Setting>& Settings() {
          }
          return s;
        }},
+      {"correlation-window", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         return SetDuration(v, &c->correlation_window);
+       }},
+      {"cluster-ranges", true, true,
+       [](const std::string& v, AgentConfig* c) {
+         c->cluster_ranges.push_back(v);
+         size_t slash = v.find('/');
+         int bits = -1;
+         if (slash == std::string::npos || !absl::SimpleAtoi(v.substr(slash + 1), &bits) ||
+             bits < 0 || bits > 128) {
+           return absl::InvalidArgumentError(absl::StrCat("'", v, "' is not a CIDR range"));
+         }
+         return absl::OkStatus();
+       }},
       {"lineage-depth", false, true,
        [](const std::string& v, AgentConfig* c) {
          return SetBoundedInt(v, 1, 16, &c->lineage_depth);
@@ -182,6 +197,16 @@ const std::vector<Setting>& Settings() {
       {"process-table-size", false, true,
        [](const std::string& v, AgentConfig* c) {
          return SetBoundedInt(v, 1024, 1 << 20, &c->process_table_size);
+       }},
+      {"ring-buffer-bytes", false, true,
+       [](const std::string& v, AgentConfig* c) {
+         // The kernel wants a power-of-two multiple of the page size.
+         absl::Status s = SetBoundedInt(v, 4096, 1u << 30, &c->ring_buffer_bytes);
+         if (s.ok() && (c->ring_buffer_bytes & (c->ring_buffer_bytes - 1)) != 0) {
+           return absl::InvalidArgumentError(
+               absl::StrCat("'", v, "' is not a power of two from 4096 to 1073741824"));
+         }
+         return s;
        }},
       {"extra-token-paths", true, true,
        [](const std::string& v, AgentConfig* c) {
@@ -234,6 +259,8 @@ reports unexpected readers. Works with no flags on a standard node.
   --hook-mode MODE          auto|lsm|fentry|fanotify|tracepoint (default auto)
   --log-level LEVEL         debug|info|warning|error (default info)
   --version                 print the version and exit
+  --export-profile[=GLOB]   print the profiles learned in --state-dir as policy YAML
+                            (GLOB on namespace/workload) and exit
 )";
 }
 
@@ -257,6 +284,8 @@ absl::Status LoadAgentConfigFile(const std::string& path, AgentConfig* config) {
   for (const auto& entry : root) {
     int line = entry.first.Mark().line + 1;
     std::string key = entry.first.Scalar();
+    // Parsed (and its errors reported) by detect::Policy when the agent starts.
+    if (key == "policy") continue;
     auto where = [&](int at) { return absl::StrCat("config ", path, ":", at, ": key '", key, "': "); };
     const Setting* setting = nullptr;
     for (const Setting& s : Settings()) {

@@ -31,9 +31,14 @@ struct AgentConfig {
   // Config file only.
   absl::Duration dedup_window = absl::Minutes(10);
   absl::Duration rescan_interval = absl::Seconds(30);
+  absl::Duration correlation_window = absl::Minutes(10);  // read -> use join window
+  std::vector<std::string> cluster_ranges;  // CIDRs inside the cluster; empty: the defaults
   uint32_t lineage_depth = 16;          // ancestors carried per event (1..16)
   uint32_t argv_bytes = 256;            // head of argv kept per process (16..256)
   uint32_t process_table_size = 32768;  // kernel process table entries
+  // The token-open ring buffer: a power of two, at least 4096. Smaller rings
+  // lose events (TW090) under bursts of reads while the agent is busy.
+  uint32_t ring_buffer_bytes = 4u << 20;
   std::vector<std::string> extra_token_paths;
   std::vector<std::string> host_allowed_executables;  // empty: the built-in list
   // The delivery spool under <state_dir>/spool: its size bound and fsync interval.

@@ -70,17 +70,24 @@ std::optional<ProcessView> LineageBuilder::FromProc(uint32_t pid) const {
 }
 
 Lineage LineageBuilder::FromTokenOpen(const tw_token_open& event) const {
-  Lineage lineage;
-  lineage.process = FromEntry(event.reader);
-  // The cgroup at the moment of the open, not at exec.
-  Attribute(&lineage.process, cgroups_->PathOf(event.cgroup_id).value_or(""));
-  lineage.process.pid = event.tgid;
+  return FromRecord(event.tgid, event.cgroup_id, event.reader, event.ancestors,
+                    event.n_ancestors, event.truncated != 0);
+}
 
-  size_t n = std::min<size_t>(event.n_ancestors, TW_MAX_ANCESTORS);
+Lineage LineageBuilder::FromRecord(uint32_t tgid, uint64_t cgroup_id, const tw_proc& actor,
+                                   const tw_proc* ancestors, uint32_t n_ancestors,
+                                   bool truncated) const {
+  Lineage lineage;
+  lineage.process = FromEntry(actor);
+  // The cgroup at the moment of the event, not at exec.
+  Attribute(&lineage.process, cgroups_->PathOf(cgroup_id).value_or(""));
+  lineage.process.pid = tgid;
+
+  size_t n = std::min<size_t>(n_ancestors, TW_MAX_ANCESTORS);
   for (size_t i = 0; i < n && i < options_.max_depth; ++i) {
-    lineage.ancestors.push_back(FromEntry(event.ancestors[i]));
+    lineage.ancestors.push_back(FromEntry(ancestors[i]));
   }
-  lineage.truncated = event.truncated != 0;
+  lineage.truncated = truncated;
 
   // Where the kernel's chain stopped short of the top, continue from /proc.
   uint32_t next = lineage.ancestors.empty() ? lineage.process.ppid : lineage.ancestors.back().ppid;

@@ -37,6 +37,11 @@ class LineageBuilder {
 
   Lineage FromTokenOpen(const tw_token_open& event) const;
 
+  // Any record's lineage: the actor, its n ancestors (parent first), the
+  // actor's cgroup at the event and whether the kernel cut the chain.
+  Lineage FromRecord(uint32_t tgid, uint64_t cgroup_id, const tw_proc& actor,
+                     const tw_proc* ancestors, uint32_t n, bool truncated) const;
+
   // One kernel process-table entry as a view (cgroup resolved, argv
   // redacted).
   ProcessView FromEntry(const tw_proc& entry) const;

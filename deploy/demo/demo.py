@@ -67,7 +67,7 @@ def run(build_dir):
         after, _ = app.controller_reads()
         say("%d reads by the entrypoint: expected, so no finding" % (after - before))
 
-        step("Attack 1: an exec session in the pod cats the token (kubectl exec style)")
+        step("Attack 1: an exec session in the pod cats the token (kubectl exec style): TW004")
         out = app.exec(["sh", "-c", "cat %s/token | wc -c" % simnode.SA_MOUNT]).stdout
         say("sh -c 'cat .../token' read %s bytes" % out.strip())
 
@@ -82,7 +82,7 @@ def run(build_dir):
             % out.strip())
 
         step("Waiting for the findings to reach the collector")
-        wanted = {"TW001", "TW002", "TW003"}
+        wanted = {"TW004", "TW002", "TW003"}
         deadline = time.monotonic() + 30
         seen = set()
         while time.monotonic() < deadline and not wanted <= seen:
@@ -94,7 +94,7 @@ def run(build_dir):
         step("tokenwatchctl findings")
         print(redact(tw.ctl("findings"), node), end="", flush=True)
 
-        shell = [f for f in tw.findings() if f.get("ruleId") == "TW001"]
+        shell = [f for f in tw.findings() if f.get("ruleId") == "TW004"]
         if shell:
             step("tokenwatchctl finding %s  (who read it, and how they got there)" %
                  shell[0]["id"])
