@@ -18,8 +18,13 @@ std::string PodName(const tokens::TokenInfo& token) {
   return absl::StrCat(token.claims.namespace_name, "/", token.claims.pod_name);
 }
 
+// "exe (pid N, name)": the name is what the process calls itself, argv[0]'s
+// basename (busybox applets share one exe; a /proc/self/exe re-exec leaves
+// comm "exe"), else comm.
 std::string Actor(const process::ProcessView& p) {
-  return absl::StrFormat("%s (pid %d, %s)", p.exe.empty() ? p.comm : p.exe, p.pid, p.comm);
+  std::string name = p.comm;
+  if (!p.argv.empty() && !p.argv[0].empty()) name = std::string(Basename(p.argv[0]));
+  return absl::StrFormat("%s (pid %d, %s)", p.exe.empty() ? p.comm : p.exe, p.pid, name);
 }
 
 }  // namespace

@@ -115,7 +115,16 @@ static __always_inline long path__resolve(struct task_struct *task, struct dentr
 	if (steps >= TW_PATH_MAX_COMPONENTS)
 		w.complete = 0;
 	if (w.pos >= TW_EXE_LEN - 1) {
-		/* the root itself */
+		/*
+		 * nothing above the file: the root itself, or a file on an
+		 * internal mount (memfd, as runc re-executes itself from one),
+		 * which d_path() also names by its dentry alone
+		 */
+		if (dentry != w.root_dentry) {
+			len = bpf_probe_read_kernel_str(out, TW_EXE_LEN,
+							BPF_CORE_READ(dentry, d_name.name));
+			return len > 0 ? len - 1 : 0;
+		}
 		w.pos = TW_EXE_LEN - 2;
 		s->buf[w.pos & TW_PATH_MASK] = '/';
 	}
