@@ -7,6 +7,9 @@ addresses 10.96.0.1 (an API-server stand-in, :443), 169.254.169.254 (:80,
 the metadata service) and 192.0.2.10 (:80, a documentation-range address
 standing for the internet). Nothing in the root namespace routes to them.
 
+An io_uring connect (tests/e2e/uring_connect.c, Debian's liburing) by a
+tainted process is reported like any other.
+
 Usage (root): python3 tests/e2e/test_token_use.py
 Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
 """
@@ -95,6 +98,10 @@ class TokenUseScenarios(unittest.TestCase):
         cls.app = node.add_container(cls.pod, "app", netns=cls.ctr_ns)
         cls.helper = node.compile_static(os.path.join(base.E2E_DIR, "use_helper.c"), "use_helper")
         cls.app.install(cls.helper, "/opt/tw/use_helper")
+        cls.uring = os.path.join(node.tools_dir, "uring_connect")
+        simnode.host_run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", cls.uring,
+                          os.path.join(base.E2E_DIR, "uring_connect.c"), "-luring"], timeout=120)
+        cls.app.install(cls.uring, "/opt/tw/uring_connect")
         cls.app.wait_entrypoint_reading()
         cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
         cls.tw.start_collector()
@@ -197,6 +204,15 @@ class TokenUseScenarios(unittest.TestCase):
         f = self.wait(lambda f: f.get("ruleId") == "TW011"
                       and argv0(f.get("process") or {}) == "/opt/tw/use_helper",
                       "use_helper connect-then-read")
+        self.assert_connection_to(f, PUBLIC[0], PUBLIC[1], "TARGET_KIND_OTHER")
+
+    def test_33_io_uring_connect_by_a_tainted_process_is_reported(self):
+        # No connect(2): the connect is an IORING_OP_CONNECT request.
+        self.app.exec(["sh", "-c", "T=$(cat %s); /opt/tw/uring_connect %s %d; true" % (
+            TOKEN, *PUBLIC)])
+        f = self.wait(lambda f: f.get("ruleId") == "TW011"
+                      and argv0(f.get("process") or {}) == "/opt/tw/uring_connect",
+                      "uring_connect 192.0.2.10 80 after T=$(cat token)")
         self.assert_connection_to(f, PUBLIC[0], PUBLIC[1], "TARGET_KIND_OTHER")
 
     def test_40_token_in_argv_is_tw012_and_never_shown(self):

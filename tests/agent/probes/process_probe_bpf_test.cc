@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "agent/k8s/cgroup.h"
+#include "tokenwatch/token_use.h"
 #include "agent/probes/token_open_probe.h"
 #include "gtest/gtest.h"
 #include "tests/testing/require_bpf.h"
@@ -204,6 +205,72 @@ TEST_F(ProcessProbeBpfTest, AReusedPidNeverInheritsAnOldProcesssEntry) {
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(Str(events[0].reader.exe, sizeof(events[0].reader.exe)), Real("/bin/cat"));
   EXPECT_NE(events[0].reader.key.start_ticks, 1u);
+}
+
+TEST_F(ProcessProbeBpfTest, TaintIsInheritedAtForkAndClearedAtExit) {
+  Start();
+  if (HasFatalFailure() || IsSkipped()) return;
+  // A child that waits, then forks a grandchild that waits too.
+  int go[2], done[2];
+  ASSERT_EQ(pipe(go), 0);
+  ASSERT_EQ(pipe(done), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(2);
+    pid_t grandchild = fork();
+    if (grandchild == 0) {
+      if (read(done[0], &c, 1) != 1) _exit(2);
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(grandchild, &status, 0);
+    _exit(0);
+  }
+  // Taint the child (as the agent does after a read), then let it fork.
+  auto key_of = [](pid_t pid) {
+    tw_proc_key key{};
+    key.tgid = static_cast<uint32_t>(pid);
+    std::string path = "/proc/" + std::to_string(pid) + "/stat";
+    FILE* f = fopen(path.c_str(), "r");
+    char buf[1024] = {};
+    if (f != nullptr) {
+      size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+      buf[n] = '\0';
+      fclose(f);
+    }
+    const char* p = strrchr(buf, ')');
+    for (int field = 2; p != nullptr && field < 22; ++field) p = strchr(p + 1, ' ');
+    if (p != nullptr) key.start_ticks = strtoull(p + 1, nullptr, 10);
+    return key;
+  };
+  tw_proc_key child_key = key_of(child);
+  tw_taint taint{42, ~0ull};
+  ASSERT_EQ(bpf_map_update_elem(processes_->taint_fd(), &child_key, &taint, BPF_ANY), 0);
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  // Find the grandchild: the child's only child.
+  pid_t grandchild = 0;
+  for (int i = 0; i < 100 && grandchild == 0; ++i) {
+    std::string path = "/proc/" + std::to_string(child) + "/task/" + std::to_string(child) +
+                       "/children";
+    FILE* f = fopen(path.c_str(), "r");
+    if (f != nullptr) {
+      if (fscanf(f, "%d", &grandchild) != 1) grandchild = 0;
+      fclose(f);
+    }
+    if (grandchild == 0) usleep(10000);
+  }
+  ASSERT_GT(grandchild, 0);
+  tw_proc_key grandchild_key = key_of(grandchild);
+  tw_taint inherited{};
+  ASSERT_EQ(bpf_map_lookup_elem(processes_->taint_fd(), &grandchild_key, &inherited), 0)
+      << "the grandchild did not inherit the taint";
+  EXPECT_EQ(inherited.read_id, 42u);
+  // Exit clears it.
+  ASSERT_EQ(write(done[1], "x", 1), 1);
+  waitpid(child, nullptr, 0);
+  EXPECT_NE(bpf_map_lookup_elem(processes_->taint_fd(), &grandchild_key, &inherited), 0);
+  EXPECT_NE(bpf_map_lookup_elem(processes_->taint_fd(), &child_key, &inherited), 0);
 }
 
 TEST_F(ProcessProbeBpfTest, AForkStormLeavesTheTableBoundedAndCountsEvictions) {
