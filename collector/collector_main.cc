@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "agent/metrics/http_server.h"
+#include "collector/cli_args.h"
 #include "collector/collector_metrics.h"
 #include "collector/service.h"
 #include "collector/store.h"
@@ -43,38 +44,12 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 
 namespace {
 
+using tokenwatch::collector::DashesToUnderscores;
+using tokenwatch::collector::ReadFile;
+
 int Fail(const std::string& message) {
   std::fprintf(stderr, "tokenwatch-collector: %s\n", message.c_str());
   return 1;
-}
-
-// Abseil names flags with underscores; operators type dashes (--tls-cert, as in the README).
-// Both spellings are accepted: dashes in a flag's name become underscores before parsing.
-std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->reserve(argc);
-  std::vector<char*> out;
-  bool flags_done = false;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--") flags_done = true;
-    if (!flags_done && i > 0 && arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t k = 2; k < end; ++k) {
-        if (arg[k] == '-') arg[k] = '_';
-      }
-    }
-    storage->push_back(std::move(arg));
-    out.push_back(storage->back().data());
-  }
-  return out;
-}
-
-bool ReadFile(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  *out = text.str();
-  return static_cast<bool>(in) && !out->empty();
 }
 
 }  // namespace

@@ -21,21 +21,6 @@ namespace {
 
 tw_file_id ToKernelId(const tokens::FileId& id) { return tw_file_id{id.dev, id.ino}; }
 
-const char* SeverityLabel(v1::Severity s) {
-  switch (s) {
-    case v1::SEVERITY_LOW:
-      return "low";
-    case v1::SEVERITY_MEDIUM:
-      return "medium";
-    case v1::SEVERITY_HIGH:
-      return "high";
-    case v1::SEVERITY_CRITICAL:
-      return "critical";
-    default:
-      return "unspecified";
-  }
-}
-
 std::string KernelRelease() {
   utsname u{};
   if (uname(&u) != 0) return "unknown";
@@ -327,9 +312,9 @@ void Agent::OnTokenOpen(const tw_token_open& event) {
 }
 
 void Agent::Raise(const v1::Finding& finding) {
-  metrics_->Finding(finding.rule_id(), SeverityLabel(finding.severity()));
+  metrics_->Finding(finding.rule_id(), detect::SeverityName(finding.severity()));
   Logf(LogLevel::kInfo, "finding %s %s %s: %s", finding.rule_id(),
-       SeverityLabel(finding.severity()), finding.id(), finding.summary());
+       detect::SeverityName(finding.severity()), finding.id(), finding.summary());
   Export(finding);
 }
 

@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "collector/cli_args.h"
 #include "collector/ctl/format.h"
 #include "tokenwatch/v1/collector.grpc.pb.h"
 
@@ -52,6 +53,9 @@ ABSL_FLAG(bool, json, false, "findings: print one finding per line as proto3 JSO
 ABSL_FLAG(int32_t, timeout_seconds, 10, "give up on the collector after this many seconds");
 
 namespace {
+
+using tokenwatch::collector::DashesToUnderscores;
+using tokenwatch::collector::ReadFile;
 
 using tokenwatch::v1::Finding;
 
@@ -79,35 +83,6 @@ int FailRpc(const grpc::Status& status) {
     default:
       return Fail(absl::StrCat("collector at ", address, ": ", status.error_message()));
   }
-}
-
-// Abseil names flags with underscores; operators type dashes (--tls-cert, as in the README).
-// Both spellings are accepted: dashes in a flag's name become underscores before parsing.
-std::vector<char*> DashesToUnderscores(int argc, char** argv, std::vector<std::string>* storage) {
-  storage->reserve(argc);
-  std::vector<char*> out;
-  bool flags_done = false;
-  for (int i = 0; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--") flags_done = true;
-    if (!flags_done && i > 0 && arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
-      const size_t end = std::min(arg.find('='), arg.size());
-      for (size_t k = 2; k < end; ++k) {
-        if (arg[k] == '-') arg[k] = '_';
-      }
-    }
-    storage->push_back(std::move(arg));
-    out.push_back(storage->back().data());
-  }
-  return out;
-}
-
-bool ReadFile(const std::string& path, std::string* out) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  *out = text.str();
-  return static_cast<bool>(in) && !out->empty();
 }
 
 // Channel credentials from the --tls-* flags; an error names the flag and file.
