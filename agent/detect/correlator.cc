@@ -4,15 +4,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "agent/common/ticks.h"
 #include "agent/detect/finding_builder.h"
 
 namespace tokenwatch::detect {
 namespace {
-
-uint64_t NsPerTick() {
-  static const uint64_t kNsPerTick = 1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
-  return kNsPerTick;
-}
 
 std::string Who(const process::ProcessView& p) {
   std::string name = p.argv.empty() ? p.comm : p.argv[0];
@@ -26,7 +22,7 @@ std::string PodOf(const tokens::TokenInfo& token) {
 }  // namespace
 
 ProcKey KeyOf(const process::ProcessView& p) {
-  return {p.pid, p.start_boottime_ns / NsPerTick()};
+  return {p.pid, StartTicks(p.start_boottime_ns)};
 }
 
 Correlator::Taint Correlator::OnTokenRead(const TokenRead& read) {

@@ -164,6 +164,7 @@ absl::Status Agent::Init() {
     return inventory_->LookupDigest(digest);
   };
   use_deps.raise = [this](const v1::Finding& f) { Raise(f); };
+  use_deps.count_record = [this](const std::string& type) { metrics_->KernelRecord(type); };
   use_deps.hook_mode = hook_mode_;
   auto use = TokenUse::Create(std::move(use_deps));
   if (!use.ok()) return use.status();
@@ -340,7 +341,9 @@ void Agent::Housekeeping() {
   metrics_->SetApiServersWatched(static_cast<double>(use_->apiservers().size()));
   metrics_->SetFolded(detector_->folded());
   auto stats = probe_->ReadStats();
-  metrics_->KernelDrops("ring_full", stats[TW_STAT_RING_FULL]);
+  // Both rings: token opens, and connections and argv tokens.
+  const uint64_t ring_full = stats[TW_STAT_RING_FULL] + use_->ReadStats()[TW_STAT_RING_FULL];
+  metrics_->KernelDrops("ring_full", ring_full);
   ReportFanotifyOverflows();
   if (absl::Now() >= next_table_count_) {
     // Walking the table's keys costs a syscall each: not every second.
@@ -353,7 +356,7 @@ void Agent::Housekeeping() {
                         proc_stats[TW_STAT_PROC_MISSING] + stats[TW_STAT_PROC_MISSING]);
   // Lost records are lost detections: say so as a finding too (TW090).
   if (std::optional<v1::Finding> lost = sensor_loss_->Observe(
-          detect::SensorLoss{stats[TW_STAT_RING_FULL], proc_stats[TW_STAT_PROC_UPDATE_FAILED]},
+          detect::SensorLoss{ring_full, proc_stats[TW_STAT_PROC_UPDATE_FAILED]},
           absl::Now())) {
     Raise(*lost);
   }

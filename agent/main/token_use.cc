@@ -145,42 +145,54 @@ std::optional<process::Lineage> TokenUse::LineageOf(const tw_proc_key& key) cons
 
 void TokenUse::OnUnexpectedRead(const detect::TokenRead& read) {
   detect::Correlator::Taint taint = correlator_->OnTokenRead(read);
-  uint64_t expires_ns = read.kernel_ts_ns +
-                        static_cast<uint64_t>(absl::ToInt64Nanoseconds(
-                            deps_.config->correlation_window));
+  const uint64_t window_ns = static_cast<uint64_t>(
+      absl::ToInt64Nanoseconds(deps_.config->correlation_window));
+  const uint64_t expires_ns = read.kernel_ts_ns + window_ns;
   for (const detect::ProcKey& key : taint.keys) {
     tw_proc_key k{key.first, 0, key.second};
     if (absl::Status s = probe_->Taint(k, taint.read_id, expires_ns); !s.ok()) {
       Logf(LogLevel::kWarning, "%s", s.message());
     }
   }
-  // Look back: connections the tainted processes, or their children and
-  // siblings, made before this read reached us (wget --post-file connects
-  // first; in cat token | nc the connector is the reader's sibling).
-  std::set<detect::ProcKey> keys(taint.keys.begin(), taint.keys.end());
-  uint64_t window_ns = static_cast<uint64_t>(
-      absl::ToInt64Nanoseconds(deps_.config->correlation_window));
-  uint64_t since = read.kernel_ts_ns > window_ns ? read.kernel_ts_ns - window_ns : 0;
+  // The look-back waits for the next Poll(): one walk of the kernel's
+  // recent-connection table serves every read that arrived meanwhile (an
+  // exec session's loop of 2,000 cats costs a walk per poll, not per cat).
+  PendingLookBack pending;
+  pending.read_id = taint.read_id;
+  pending.keys.insert(taint.keys.begin(), taint.keys.end());
+  pending.since_ns = read.kernel_ts_ns > window_ns ? read.kernel_ts_ns - window_ns : 0;
+  pending_.push_back(std::move(pending));
+}
+
+void TokenUse::LookBack() {
+  // Connections the tainted processes, or their children and siblings, made
+  // before the taint reached the kernel (wget --post-file connects first; in
+  // cat token | nc the connector is the reader's sibling).
+  std::vector<PendingLookBack> pending = std::move(pending_);
+  pending_.clear();
   for (const probes::TokenUseProbe::Recent& r : probe_->RecentConnections()) {
-    bool related = keys.count({r.key.tgid, r.key.start_ticks}) > 0 ||
-                   keys.count({r.conns.parent.tgid, r.conns.parent.start_ticks}) > 0;
-    if (!related) continue;
     std::optional<process::Lineage> lineage;
-    for (const tw_recent_conn& rc : r.conns.conns) {
-      if (rc.ts_ns == 0 || rc.ts_ns < since) continue;
-      if (!lineage.has_value()) lineage = LineageOf(r.key);
-      if (!lineage.has_value()) break;
-      detect::Connection c;
-      c.time = deps_.clock->ToTime(rc.ts_ns);
-      c.dest = FromKernel(rc.dest);
-      c.target = TargetOf(c.dest);
-      c.lineage = *lineage;
-      for (const v1::Finding& f : correlator_->OnConnection(c, taint.read_id)) deps_.raise(f);
+    for (const PendingLookBack& p : pending) {
+      bool related = p.keys.count({r.key.tgid, r.key.start_ticks}) > 0 ||
+                     p.keys.count({r.conns.parent.tgid, r.conns.parent.start_ticks}) > 0;
+      if (!related) continue;
+      for (const tw_recent_conn& rc : r.conns.conns) {
+        if (rc.ts_ns == 0 || rc.ts_ns < p.since_ns) continue;
+        if (!lineage.has_value()) lineage = LineageOf(r.key);
+        if (!lineage.has_value()) break;
+        detect::Connection c;
+        c.time = deps_.clock->ToTime(rc.ts_ns);
+        c.dest = FromKernel(rc.dest);
+        c.target = TargetOf(c.dest);
+        c.lineage = *lineage;
+        for (const v1::Finding& f : correlator_->OnConnection(c, p.read_id)) deps_.raise(f);
+      }
     }
   }
 }
 
 void TokenUse::OnConnect(const tw_connect& event) {
+  deps_.count_record("connect");
   detect::Connection c;
   c.time = deps_.clock->ToTime(event.hdr.ts_ns);
   c.dest = FromKernel(event.dest);
@@ -195,6 +207,7 @@ void TokenUse::OnConnect(const tw_connect& event) {
 }
 
 void TokenUse::OnArgvToken(const tw_argv_token& event) {
+  deps_.count_record("argv_token");
   // Redact at once; only digests of the JWTs found leave this function.
   std::vector<std::string> digests;
   size_t len = std::min<size_t>(event.argv_len, sizeof(event.argv));
@@ -212,6 +225,7 @@ void TokenUse::OnArgvToken(const tw_argv_token& event) {
 }
 
 void TokenUse::Poll() {
+  if (!pending_.empty()) LookBack();
   probes::TokenUseProbe::Handlers handlers;
   handlers.on_connect = [this](const tw_connect& e) { OnConnect(e); };
   handlers.on_argv_token = [this](const tw_argv_token& e) { OnArgvToken(e); };

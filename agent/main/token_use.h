@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,8 @@ class TokenUse {
     std::function<std::optional<tokens::TokenInfo>(const std::string&)> lookup_digest;
     std::function<void(process::ProcessView*)> name_pod;
     std::function<void(const v1::Finding&)> raise;
+    // Counts one kernel record of this type ("connect", "argv_token").
+    std::function<void(const std::string&)> count_record;
     // Policy or baseline: may this container process call the API server?
     std::function<bool(const process::ProcessView&)> apiserver_contact_expected;
     std::string hook_mode;
@@ -42,8 +45,9 @@ class TokenUse {
 
   static absl::StatusOr<std::unique_ptr<TokenUse>> Create(Deps deps);
 
-  // An unexpected read: taint its processes, and look back for connections
-  // they (or their siblings) made before the taint reached the kernel.
+  // An unexpected read: taint its processes now; the next Poll() looks back
+  // for connections they (or their siblings) made before the taint reached
+  // the kernel.
   void OnUnexpectedRead(const detect::TokenRead& read);
   // Drains the probe's ring (without waiting).
   void Poll();
@@ -52,6 +56,9 @@ class TokenUse {
 
   const std::vector<k8s::IpEndpoint>& apiservers() const { return apiservers_; }
   const std::vector<std::string>& attached() const { return probe_->attached(); }
+  // The token_use probe's per-CPU counters (ring_full: connection and argv
+  // records lost).
+  std::array<uint64_t, TW_STAT_MAX> ReadStats() const { return probe_->ReadStats(); }
 
  private:
   explicit TokenUse(Deps deps) : deps_(std::move(deps)) {}
@@ -61,6 +68,16 @@ class TokenUse {
   v1::TargetKind TargetOf(const k8s::IpEndpoint& dest) const;
   // The lineage of a process known only by its key, from the kernel tables.
   std::optional<process::Lineage> LineageOf(const tw_proc_key& key) const;
+  // Joins the reads registered since the last call with the connections the
+  // kernel remembers, in one walk of its table.
+  void LookBack();
+
+  struct PendingLookBack {
+    uint64_t read_id = 0;
+    std::set<detect::ProcKey> keys;  // the read's tainted processes
+    uint64_t since_ns = 0;           // boot clock: connections from here on
+  };
+  std::vector<PendingLookBack> pending_;
 
   Deps deps_;
   std::unique_ptr<probes::TokenUseProbe> probe_;

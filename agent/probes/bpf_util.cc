@@ -9,6 +9,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
@@ -52,6 +53,21 @@ absl::Status CheckBpfPermission() {
   if (fd < 0) return ErrnoStatus(errno, "cannot use BPF");
   close(fd);
   return absl::OkStatus();
+}
+
+std::array<uint64_t, TW_STAT_MAX> SumPerCpuStats(const bpf_map* map) {
+  std::array<uint64_t, TW_STAT_MAX> total{};
+  int ncpus = libbpf_num_possible_cpus();
+  if (ncpus <= 0) return total;
+  std::vector<uint64_t> values(static_cast<size_t>(ncpus));
+  for (uint32_t i = 0; i < TW_STAT_MAX; ++i) {
+    if (bpf_map__lookup_elem(map, &i, sizeof(i), values.data(), values.size() * sizeof(uint64_t),
+                             0) != 0) {
+      continue;
+    }
+    for (uint64_t v : values) total[i] += v;
+  }
+  return total;
 }
 
 absl::Status ErrnoStatus(int err, absl::string_view what) {

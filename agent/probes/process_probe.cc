@@ -94,11 +94,6 @@ bool ReadEntry(const std::string& proc_root, uint32_t pid, const std::string& cg
 
 }  // namespace
 
-uint64_t NsPerTick() {
-  static const uint64_t kNsPerTick = 1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
-  return kNsPerTick;
-}
-
 absl::StatusOr<std::unique_ptr<ProcessProbe>> ProcessProbe::Create(const Options& options) {
   InstallLibbpfLogger();
   if (absl::Status s = CheckBtf(options.btf_path); !s.ok()) return s;
@@ -184,18 +179,7 @@ std::optional<tw_proc> ProcessProbe::Lookup(const tw_proc_key& key) const {
 }
 
 std::array<uint64_t, TW_STAT_MAX> ProcessProbe::ReadStats() const {
-  std::array<uint64_t, TW_STAT_MAX> total{};
-  int ncpus = libbpf_num_possible_cpus();
-  if (ncpus <= 0) return total;
-  std::vector<uint64_t> values(static_cast<size_t>(ncpus));
-  for (uint32_t i = 0; i < TW_STAT_MAX; ++i) {
-    if (bpf_map__lookup_elem(skel_->maps.proc_stats, &i, sizeof(i), values.data(),
-                             values.size() * sizeof(uint64_t), 0) != 0) {
-      continue;
-    }
-    for (uint64_t v : values) total[i] += v;
-  }
-  return total;
+  return SumPerCpuStats(skel_->maps.proc_stats);
 }
 
 size_t ProcessProbe::CountEntries() const {

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "agent/common/ticks.h"
 #include "tokenwatch/process.h"
 
 struct process_bpf;
@@ -59,7 +60,6 @@ class ProcessProbe {
   std::vector<std::string> attached_;
 };
 
-// Nanoseconds per clock tick (USER_HZ), the unit of tw_proc_key.start_ticks.
-uint64_t NsPerTick();
+using ::tokenwatch::NsPerTick;  // the unit of tw_proc_key.start_ticks
 
 }  // namespace tokenwatch::probes

@@ -156,18 +156,7 @@ absl::StatusOr<int> TokenUseProbe::Poll(absl::Duration timeout, const Handlers& 
 }
 
 std::array<uint64_t, TW_STAT_MAX> TokenUseProbe::ReadStats() const {
-  std::array<uint64_t, TW_STAT_MAX> total{};
-  int ncpus = libbpf_num_possible_cpus();
-  if (ncpus <= 0) return total;
-  std::vector<uint64_t> values(static_cast<size_t>(ncpus));
-  for (uint32_t i = 0; i < TW_STAT_MAX; ++i) {
-    if (bpf_map__lookup_elem(skel_->maps.use_stats, &i, sizeof(i), values.data(),
-                             values.size() * sizeof(uint64_t), 0) != 0) {
-      continue;
-    }
-    for (uint64_t v : values) total[i] += v;
-  }
-  return total;
+  return SumPerCpuStats(skel_->maps.use_stats);
 }
 
 }  // namespace tokenwatch::probes

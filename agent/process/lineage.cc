@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/string_view.h"
+#include "agent/common/ticks.h"
 
 namespace tokenwatch::process {
 namespace {
@@ -44,7 +45,7 @@ ProcessView LineageBuilder::FromEntry(const tw_proc& e) const {
   // names the same process.
   if ((e.flags & TW_PROC_EXE_CUT) != 0 && !view.exited) {
     if (auto stat = proc_->ReadStat(view.pid);
-        stat.ok() && stat->start_boottime_ns / 10000000 == e.start_boottime_ns / 10000000) {
+        stat.ok() && StartTicks(stat->start_boottime_ns) == StartTicks(e.start_boottime_ns)) {
       if (auto exe = proc_->ReadExe(view.pid); exe.ok()) view.exe = *exe;
     }
   }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "agent/common/ticks.h"
 #include "agent/tokens/redact.h"
 
 namespace tokenwatch::process {
@@ -37,9 +38,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
 }  // namespace
 
 std::string ExecId(const std::string& node, const ProcessView& process) {
-  static const uint64_t kNsPerTick =
-      1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
-  return absl::StrCat(node, ":", process.start_boottime_ns / kNsPerTick, ":", process.pid);
+  return absl::StrCat(node, ":", StartTicks(process.start_boottime_ns), ":", process.pid);
 }
 
 BootClock::BootClock() {
@@ -79,8 +78,7 @@ absl::StatusOr<ProcReader::Stat> ProcReader::ReadStat(uint32_t pid) const {
   if (!absl::SimpleAtoi(fields[1], &stat.ppid) || !absl::SimpleAtoi(fields[19], &ticks)) {
     return absl::DataLossError(absl::StrCat("malformed ", proc_root_, "/", pid, "/stat"));
   }
-  static const long kTicksPerSecond = sysconf(_SC_CLK_TCK);
-  stat.start_boottime_ns = ticks * (1000000000ull / static_cast<uint64_t>(kTicksPerSecond));
+  stat.start_boottime_ns = ticks * NsPerTick();
   return stat;
 }
 
