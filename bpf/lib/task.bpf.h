@@ -22,11 +22,4 @@ static __always_inline struct file *task__file(struct task_struct *task, long fd
 	return file;
 }
 
-/* boot-clock start of the thread group: with the tgid, a process identity
- * that survives pid reuse and matches /proc/<pid>/stat's starttime */
-static __always_inline __u64 task__start_boottime(struct task_struct *task)
-{
-	return BPF_CORE_READ(task, group_leader, start_boottime);
-}
-
 #endif /* TOKENWATCH_TASK_BPF_H */
