@@ -145,12 +145,12 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
     auto it = folds_.find(key);
     if (it != folds_.end() && read.time - it->second.first < options_.dedup_window) {
       Fold& fold = it->second;
-      fold.finding.set_count(fold.finding.count() + 1);
+      fold.finding.set_count(fold.finding.count() + read.opens);
       if (read.time > FromTimestamp(fold.finding.last_seen())) {
         *fold.finding.mutable_last_seen() = ToTimestamp(read.time);
       }
       fold.dirty = true;
-      ++folded_;
+      folded_ += read.opens;
       return {};
     }
   }
@@ -158,6 +158,7 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
                                                rule_name, severity, summary);
   // Lineage through an exec session is "Container Administration Command".
   if (reader.exec_session) finding.add_mitre("T1609");
+  finding.set_count(read.opens);
   if (options_.dedup_window > absl::ZeroDuration()) {
     folds_[key] = Fold{finding, read.time, false};
   }

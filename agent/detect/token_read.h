@@ -18,6 +18,11 @@ struct TokenRead {
   std::string syscall;           // "openat", "openat2", ...
   uint32_t flags = 0;            // O_* flags of the open
   bool io_uring = false;
+  // Opens this read stands for: 1 for a record of its own; more when the
+  // hook folded repeated opens of the same token by the same process within
+  // the dedup window and reports them afterwards (counted in the kernel, or
+  // at fanotify intake), so the finding's count is every open.
+  uint64_t opens = 1;
   // The reader's container's entrypoint binary; "" for a host process or when
   // it could not be found.
   std::string entrypoint_exe;

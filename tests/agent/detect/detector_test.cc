@@ -139,6 +139,26 @@ TEST(Detector, FoldsRepeatsIntoOneFindingWithACount) {
   EXPECT_EQ(d.folded(), 2u);
 }
 
+TEST(Detector, CountsEveryOpenAReadStandsFor) {
+  // The hook folds a process's rereads and reports them later as one read
+  // standing for many opens: the finding's count is every open.
+  Detector d(Options());
+  absl::Time t0 = absl::FromUnixSeconds(1800000000);
+  TokenRead first = Read("/bin/busybox", "cat", kOwnerUid, t0);
+  first.opens = 4;
+  auto raised = d.OnTokenRead(first);
+  ASSERT_EQ(raised.size(), 1u);
+  EXPECT_EQ(raised[0].count(), 4u);
+  TokenRead repeats = Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Seconds(30));
+  repeats.opens = 596;
+  EXPECT_TRUE(d.OnTokenRead(repeats).empty());
+  auto flushed = d.Flush(t0 + absl::Minutes(11));
+  ASSERT_EQ(flushed.size(), 1u);
+  EXPECT_EQ(flushed[0].id(), raised[0].id());
+  EXPECT_EQ(flushed[0].count(), 600u);
+  EXPECT_EQ(d.folded(), 596u);
+}
+
 TEST(Detector, DifferentRuleOrExeDoesNotFold) {
   Detector d(Options());
   EXPECT_EQ(d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid)).size(), 1u);
