@@ -135,6 +135,7 @@ std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t 
   const Read* source = SourceOf(c, kernel_read_id, &read_id);
   std::string rule_id, rule_name, summary, fold_key;
   v1::Severity severity = v1::SEVERITY_UNSPECIFIED;
+  std::vector<std::string> reasons;  // Finding.severity_reasons
   std::string token_text =
       source != nullptr
           ? absl::StrCat("the service-account token of pod ", PodOf(source->read.token),
@@ -151,6 +152,7 @@ std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t 
     rule_id = "TW021";
     rule_name = "metadata-service-contact";
     severity = source != nullptr ? v1::SEVERITY_HIGH : v1::SEVERITY_MEDIUM;
+    if (source != nullptr) reasons.push_back("the connecting process read a token first");
     summary = absl::StrCat(Who(p), " in a container connected to the cloud metadata service at ",
                            c.dest.text,
                            source != nullptr ? absl::StrCat(" after ", token_text) : "", ".");
@@ -196,6 +198,7 @@ std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t 
     return {};
   }
   v1::Finding f = Build(c, source, rule_id, rule_name, severity, summary);
+  for (std::string& reason : reasons) f.add_severity_reasons(std::move(reason));
   folds_[fold_key] = Fold{f, c.time, false};
   return {f};
 }

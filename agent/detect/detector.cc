@@ -1,9 +1,10 @@
 #include "agent/detect/detector.h"
 
+#include <iterator>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 #include "agent/detect/finding_builder.h"
 
 namespace tokenwatch::detect {
@@ -52,7 +53,10 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   const tokens::TokenInfo& token = read.token;
   std::string rule_id, rule_name, summary;
   v1::Severity severity = v1::SEVERITY_UNSPECIFIED;
+  // What set or raised the severity (Finding.severity_reasons).
+  std::vector<std::string> reasons;
   std::string reader_pod = "host";
+  const bool tool = IsShellOrTool(reader.exe, reader.comm);
   last_unexpected_ = false;
 
   if (read.io_uring) {
@@ -63,6 +67,7 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
     rule_id = "TW005";
     rule_name = "token-read-io-uring";
     severity = other_pod ? v1::SEVERITY_CRITICAL : v1::SEVERITY_HIGH;
+    if (other_pod) reasons.push_back("reader is in another pod");
     summary = absl::StrFormat(
         "%s%s opened the service-account token of pod %s (service account %s) through io_uring.",
         Actor(reader), other_pod ? absl::StrCat(" in another pod (uid ", reader_pod, ")") : "",
@@ -105,7 +110,6 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
         Actor(reader), PodName(token), token.claims.service_account);
   } else {
     reader_pod = reader.container->pod_uid;
-    bool tool = IsShellOrTool(reader.exe, reader.comm);
     if (options_.expectations != nullptr) {
       if (options_.expectations->OwnPodReaderExpected(read, tool)) return {};
     } else if (!tool && !read.entrypoint_exe.empty() && reader.exe == read.entrypoint_exe) {
@@ -122,18 +126,16 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   }
 
   // The policy may switch the rule off or set its severity; context (a shell,
-  // an exec session) raises it. Until Finding has a severity_reasons field
-  // the reasons end the summary.
+  // an exec session) raises it. The reasons go in their own field, not the
+  // summary: the summary says what happened, and the lineage shows the
+  // shell or the exec session again.
   if (options_.expectations != nullptr) {
-    std::vector<std::string> reasons;
-    std::optional<v1::Severity> set = options_.expectations->Severity(
-        rule_id, read, severity, IsShellOrTool(reader.exe, reader.comm), &reasons);
+    std::optional<v1::Severity> set =
+        options_.expectations->Severity(rule_id, read, severity, tool, &reasons);
     if (!set.has_value()) return {};
     severity = *set;
-    if (!reasons.empty()) {
-      absl::StrAppend(&summary, " Severity ", SeverityName(severity), ": ",
-                      absl::StrJoin(reasons, "; "), ".");
-    }
+  } else if (tool && rule_id == "TW001") {
+    reasons.push_back("reader is a shell, interpreter or transfer tool");
   }
 
   last_unexpected_ = true;
@@ -141,7 +143,8 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   // and file, so the fold survives rotation.
   std::string key = absl::StrCat(rule_id, "\x1f", reader_pod, "\x1f", reader.exe, "\x1f",
                                  token.pod_uid, "\x1f", token.volume, "\x1f", token.file_name);
-  if (options_.dedup_window > absl::ZeroDuration()) {
+  const bool folding = options_.dedup_window > absl::ZeroDuration();
+  if (folding) {
     auto it = folds_.find(key);
     if (it != folds_.end() && read.time - it->second.first < options_.dedup_window) {
       Fold& fold = it->second;
@@ -151,7 +154,14 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
       }
       fold.dirty = true;
       folded_ += read.opens;
+      IndexReader(read, key, &fold);
       return {};
+    }
+    // This read opens a new window. The fold it replaces (Flush has not
+    // run since its window closed) still owes its final count.
+    if (it != folds_.end()) {
+      if (it->second.dirty) closed_.push_back(it->second.finding);
+      Erase(it);
     }
   }
   v1::Finding finding = BuildTokenReadFinding(options_.node, options_.hook_mode, read, rule_id,
@@ -159,27 +169,89 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   // Lineage through an exec session is "Container Administration Command".
   if (reader.exec_session) finding.add_mitre("T1609");
   finding.set_count(read.opens);
-  if (options_.dedup_window > absl::ZeroDuration()) {
-    folds_[key] = Fold{finding, read.time, false};
+  for (std::string& reason : reasons) finding.add_severity_reasons(std::move(reason));
+  if (folding) {
+    Fold& fold = folds_[key];
+    fold = Fold{finding, read.time, false, {}};
+    IndexReader(read, key, &fold);
   }
   return {std::move(finding)};
 }
 
+void Detector::IndexReader(const TokenRead& read, const std::string& fold_key, Fold* fold) {
+  if (fold->readers.size() >= kMaxReadersPerFold) return;
+  std::string reader =
+      absl::StrCat(process::ExecId(options_.node, read.lineage.process), "\x1f",
+                   read.token.host_path);
+  auto [it, inserted] = readers_.try_emplace(reader);
+  if (!inserted && it->second.second == fold->finding.id()) return;
+  it->second = {fold_key, fold->finding.id()};
+  fold->readers.push_back(std::move(reader));
+}
+
+void Detector::Erase(absl::flat_hash_map<std::string, Fold>::iterator it) {
+  const std::string& id = it->second.finding.id();
+  for (const std::string& reader : it->second.readers) {
+    auto r = readers_.find(reader);
+    // A reader that read again into a later fold belongs to that one now.
+    if (r != readers_.end() && r->second.second == id) readers_.erase(r);
+  }
+  folds_.erase(it);
+}
+
 std::vector<v1::Finding> Detector::Flush(absl::Time now) {
-  std::vector<v1::Finding> out;
+  std::vector<v1::Finding> out = std::move(closed_);
+  closed_.clear();
   for (auto it = folds_.begin(); it != folds_.end();) {
+    auto next = std::next(it);
     Fold& fold = it->second;
-    if (fold.dirty) {
-      out.push_back(fold.finding);
-      fold.dirty = false;
-    }
     if (now - fold.first >= options_.dedup_window) {
-      folds_.erase(it++);
-    } else {
-      ++it;
+      if (fold.dirty) out.push_back(fold.finding);
+      Erase(it);
     }
+    it = next;
   }
   return out;
+}
+
+std::vector<v1::Finding> Detector::FlushAll() {
+  std::vector<v1::Finding> out = std::move(closed_);
+  closed_.clear();
+  for (auto& [key, fold] : folds_) {
+    if (!fold.dirty) continue;
+    out.push_back(fold.finding);
+    fold.dirty = false;
+  }
+  return out;
+}
+
+std::vector<v1::Finding> Detector::OnTokenUsed(const v1::Finding& use) {
+  v1::Severity to;
+  std::string reason;
+  if (use.rule_id() == "TW010") {
+    to = v1::SEVERITY_CRITICAL;
+    reason = "the token was then used: a connection to the API server (TW010)";
+  } else if (use.rule_id() == "TW011") {
+    to = v1::SEVERITY_HIGH;
+    reason = "the token was then followed by a connection outside the cluster (TW011)";
+  } else {
+    return {};
+  }
+  if (!use.has_reader()) return {};
+  auto r = readers_.find(
+      absl::StrCat(use.reader().exec_id(), "\x1f", use.token().host_path()));
+  if (r == readers_.end()) return {};
+  auto it = folds_.find(r->second.first);
+  if (it == folds_.end() || it->second.finding.id() != r->second.second) return {};
+  v1::Finding& finding = it->second.finding;
+  for (const std::string& listed : finding.severity_reasons()) {
+    if (listed == reason) return {};
+  }
+  if (finding.severity() < to) finding.set_severity(to);
+  finding.add_severity_reasons(std::move(reason));
+  // Exported in full now: the count folded so far goes with it.
+  it->second.dirty = false;
+  return {finding};
 }
 
 }  // namespace tokenwatch::detect

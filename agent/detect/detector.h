@@ -1,6 +1,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -42,6 +43,14 @@ struct DetectorOptions {
 // TW005 token-read-io-uring (any open through io_uring; it takes precedence,
 // critical from another pod).
 //
+// Folding: findings with the same (rule, reader pod, exe, token) within the
+// dedup window, counted from the first, fold into the first one. That one
+// is exported at once; when its window closes it is exported again (same
+// id, final count and last_seen) if reads folded into it, so a burst costs
+// two exports and a quiet fold one. A later use of the token (a TW010 or
+// TW011 finding for one of the fold's readers) raises its severity and
+// re-exports it at once: that is news the analyst must not wait for.
+//
 // Threading: not thread-safe; the event thread owns it.
 class Detector {
  public:
@@ -51,10 +60,23 @@ class Detector {
   // expected or folded into an earlier finding.
   std::vector<v1::Finding> OnTokenRead(const TokenRead& read);
 
-  // Folded findings whose count grew since they were last exported (same id,
-  // higher count: the collector keeps the latest); forgets folds whose window
-  // has passed.
+  // Folds whose window has closed by `now`: the ones that grew since they
+  // were exported, to export again (same id, final count: the collector
+  // keeps the latest); all of them are forgotten. The agent calls it about
+  // once a second.
   std::vector<v1::Finding> Flush(absl::Time now);
+
+  // Every fold that grew since it was exported, whatever its window: the
+  // agent calls it at shutdown so no count is lost. The folds stay open (a
+  // later read still folds into them) and count as exported.
+  std::vector<v1::Finding> FlushAll();
+
+  // `use` is a token-use finding from the correlator (TW010 token used
+  // against the API server, TW011 egress). When its `reader` read the token
+  // into a fold that is still open, that read finding's severity is raised
+  // (critical for TW010, high for TW011) and the reason listed; returns it
+  // to export now, or nothing when it was already so.
+  std::vector<v1::Finding> OnTokenUsed(const v1::Finding& use);
 
   uint64_t folded() const { return folded_; }
   // Whether the last OnTokenRead judged the read unexpected (a finding was
@@ -65,11 +87,30 @@ class Detector {
   struct Fold {
     v1::Finding finding;
     absl::Time first;
+    // Reads folded in since the finding was last exported.
     bool dirty = false;
+    // Keys into readers_ of the processes whose reads are in this fold
+    // (bounded by kMaxReadersPerFold), forgotten with it.
+    std::vector<std::string> readers;
   };
+  // The readers of one fold that a later use can be traced back to; past
+  // that (thousands of short-lived readers), a use by the others no longer
+  // raises the fold, which has already said "many readers" by its count.
+  static constexpr size_t kMaxReadersPerFold = 4096;
+
+  // Remembers that the process of `read` read into the fold at `fold_key`.
+  void IndexReader(const TokenRead& read, const std::string& fold_key, Fold* fold);
+  // Forgets a fold and its readers.
+  void Erase(absl::flat_hash_map<std::string, Fold>::iterator it);
 
   DetectorOptions options_;
   absl::flat_hash_map<std::string, Fold> folds_;
+  // (reader exec id, token host path) -> (fold key, finding id): the id
+  // tells a fold from the one that replaced it under the same key.
+  absl::flat_hash_map<std::string, std::pair<std::string, std::string>> readers_;
+  // Grown folds whose window closed when a new read replaced them, waiting
+  // for the next Flush.
+  std::vector<v1::Finding> closed_;
   uint64_t folded_ = 0;
   bool last_unexpected_ = false;
 };

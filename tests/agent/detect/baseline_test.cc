@@ -184,8 +184,8 @@ TEST_F(DetectorPolicyTest, ShellsAreNeverLearnedAndAreHigh) {
   auto f = On(Read("/bin/busybox", kT0));  // inside the learning window
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].severity(), v1::SEVERITY_HIGH);
-  EXPECT_NE(f[0].summary().find("shell, interpreter or transfer tool"), std::string::npos)
-      << f[0].summary();
+  ASSERT_EQ(f[0].severity_reasons_size(), 1);
+  EXPECT_EQ(f[0].severity_reasons(0), "reader is a shell, interpreter or transfer tool");
   EXPECT_EQ(On(Read("/bin/busybox", kT0 + absl::Hours(2))).size(), 1u);
 }
 
@@ -222,10 +222,14 @@ TEST_F(DetectorPolicyTest, RuleSeverityAndOff) {
   auto f = On(Read("/usr/bin/helper", kT0));
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].severity(), v1::SEVERITY_LOW);
-  // Context still raises a lowered rule.
+  ASSERT_EQ(f[0].severity_reasons_size(), 1);
+  EXPECT_EQ(f[0].severity_reasons(0), "policy sets TW001 to low");
+  // Context still raises a lowered rule, and says so after the policy.
   auto s = On(Read("/bin/bash", kT0));
   ASSERT_EQ(s.size(), 1u);
   EXPECT_EQ(s[0].severity(), v1::SEVERITY_HIGH);
+  ASSERT_EQ(s[0].severity_reasons_size(), 2);
+  EXPECT_EQ(s[0].severity_reasons(1), "reader is a shell, interpreter or transfer tool");
   TokenRead quiet = Read("/usr/bin/helper", kT0);
   quiet.token.claims.namespace_name = "quiet";
   EXPECT_TRUE(On(quiet).empty());

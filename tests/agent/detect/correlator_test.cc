@@ -190,12 +190,15 @@ TEST(Correlator, MetadataContactIsTW021MediumOrHighWhenTainted) {
   EXPECT_EQ(plain[0].rule_id(), "TW021");
   EXPECT_EQ(plain[0].severity(), v1::SEVERITY_MEDIUM);
   EXPECT_FALSE(plain[0].has_token());
+  EXPECT_EQ(plain[0].severity_reasons_size(), 0);
   c.OnTokenRead(Read(kT0));
   auto tainted = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
                                      "169.254.169.254:80", v1::TARGET_KIND_METADATA),
                                 0);
   ASSERT_EQ(tainted.size(), 1u);
   EXPECT_EQ(tainted[0].severity(), v1::SEVERITY_HIGH);
+  ASSERT_EQ(tainted[0].severity_reasons_size(), 1);
+  EXPECT_EQ(tainted[0].severity_reasons(0), "the connecting process read a token first");
   // A host process's contact is not a container's.
   EXPECT_TRUE(c.OnConnection(Conn(kT0, P(300, 90, 300, "curl", false), {}, "169.254.169.254:80",
                                   v1::TARGET_KIND_METADATA),

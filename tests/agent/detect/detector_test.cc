@@ -2,6 +2,7 @@
 
 #include "agent/detect/finding_builder.h"
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
@@ -121,22 +122,104 @@ TEST(Detector, HostProcessIsTW003UnlessANodeComponent) {
   EXPECT_TRUE(d.OnTokenRead(Read("/usr/bin/kubelet", "kubelet", std::nullopt)).empty());
 }
 
-TEST(Detector, FoldsRepeatsIntoOneFindingWithACount) {
+TEST(Detector, FoldsRepeatsIntoOneFindingResentOnceWhenTheWindowCloses) {
   Detector d(Options());
   absl::Time t0 = absl::FromUnixSeconds(1800000000);
   auto first = d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0));
   ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].count(), 1u);
   EXPECT_TRUE(d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Seconds(5))).empty());
   EXPECT_TRUE(d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Seconds(9))).empty());
-  auto flushed = d.Flush(t0 + absl::Seconds(10));
+  // The agent flushes every second: while the window is open, nothing goes
+  // out again, however the count grows.
+  for (int s = 1; s < 600; s += 60) EXPECT_TRUE(d.Flush(t0 + absl::Seconds(s)).empty()) << s;
+  auto flushed = d.Flush(t0 + absl::Minutes(10));
   ASSERT_EQ(flushed.size(), 1u);
   EXPECT_EQ(flushed[0].id(), first[0].id());
   EXPECT_EQ(flushed[0].count(), 3u);
   EXPECT_EQ(FromTimestamp(flushed[0].last_seen()), t0 + absl::Seconds(9));
   EXPECT_EQ(FromTimestamp(flushed[0].time()), t0);
-  // Nothing new: nothing to flush.
-  EXPECT_TRUE(d.Flush(t0 + absl::Seconds(11)).empty());
+  // Sent once: the fold is closed and forgotten.
+  EXPECT_TRUE(d.Flush(t0 + absl::Minutes(11)).empty());
+  EXPECT_TRUE(d.FlushAll().empty());
   EXPECT_EQ(d.folded(), 2u);
+  // The next read starts a new finding.
+  auto next = d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Minutes(12)));
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_NE(next[0].id(), first[0].id());
+}
+
+TEST(Detector, AFoldNothingJoinedIsNotSentAgain) {
+  Detector d(Options());
+  absl::Time t0 = absl::FromUnixSeconds(1800000000);
+  ASSERT_EQ(d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0)).size(), 1u);
+  EXPECT_TRUE(d.FlushAll().empty());
+  EXPECT_TRUE(d.Flush(t0 + absl::Minutes(10)).empty());
+}
+
+TEST(Detector, FlushAllSendsEveryGrownFoldNowAndOnlyOnce) {
+  // At shutdown the agent takes every count still owed.
+  Detector d(Options());
+  absl::Time t0 = absl::FromUnixSeconds(1800000000);
+  auto cat = d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0));
+  auto py = d.OnTokenRead(Read("/usr/bin/python3", "python3", kOwnerUid, t0));
+  auto quiet = d.OnTokenRead(Read("/usr/bin/perl", "perl", kOwnerUid, t0));
+  ASSERT_EQ(cat.size() + py.size() + quiet.size(), 3u);
+  for (int i = 1; i <= 4; ++i) {
+    d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Seconds(i)));
+  }
+  d.OnTokenRead(Read("/usr/bin/python3", "python3", kOwnerUid, t0 + absl::Seconds(2)));
+  auto all = d.FlushAll();
+  ASSERT_EQ(all.size(), 2u);
+  absl::flat_hash_map<std::string, uint64_t> count_by_id;
+  for (const v1::Finding& f : all) count_by_id[f.id()] = f.count();
+  EXPECT_EQ(count_by_id[cat[0].id()], 5u);
+  EXPECT_EQ(count_by_id[py[0].id()], 2u);
+  EXPECT_FALSE(count_by_id.contains(quiet[0].id()));
+  EXPECT_TRUE(d.FlushAll().empty());
+  // Still open: a later read folds in and is owed again, at window end.
+  d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Seconds(30)));
+  EXPECT_TRUE(d.Flush(t0 + absl::Minutes(5)).empty());
+  auto end = d.Flush(t0 + absl::Minutes(10));
+  ASSERT_EQ(end.size(), 1u);
+  EXPECT_EQ(end[0].id(), cat[0].id());
+  EXPECT_EQ(end[0].count(), 6u);
+}
+
+TEST(Detector, AReadAfterTheWindowStillLetsTheOldFoldReportItsCount) {
+  // The first read of a new window can arrive before the flush that closes
+  // the old one: the old count must not be lost.
+  Detector d(Options(absl::Minutes(1)));
+  absl::Time t0 = absl::FromUnixSeconds(1800000000);
+  auto a = d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0));
+  d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Seconds(30)));
+  auto b = d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Seconds(61)));
+  ASSERT_EQ(a.size(), 1u);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_NE(a[0].id(), b[0].id());
+  auto flushed = d.Flush(t0 + absl::Seconds(61));
+  ASSERT_EQ(flushed.size(), 1u);
+  EXPECT_EQ(flushed[0].id(), a[0].id());
+  EXPECT_EQ(flushed[0].count(), 2u);
+  EXPECT_TRUE(d.Flush(t0 + absl::Seconds(62)).empty());
+}
+
+TEST(Detector, ThousandsOfShortLivedCatsInAnExecSessionAreOneFinding) {
+  Detector d(Options());
+  absl::Time t0 = absl::FromUnixSeconds(1800000000);
+  std::vector<v1::Finding> raised;
+  for (uint32_t i = 0; i < 2000; ++i) {
+    TokenRead read = Read("/bin/busybox", "cat", kOwnerUid, t0 + absl::Milliseconds(i));
+    read.lineage.process.pid = 10000 + i;
+    read.lineage.process.exec_session = true;
+    for (v1::Finding& f : d.OnTokenRead(read)) raised.push_back(std::move(f));
+  }
+  ASSERT_EQ(raised.size(), 1u);
+  EXPECT_EQ(raised[0].rule_id(), "TW004");
+  auto all = d.FlushAll();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].id(), raised[0].id());
+  EXPECT_EQ(all[0].count(), 2000u);
 }
 
 TEST(Detector, CountsEveryOpenAReadStandsFor) {
@@ -180,6 +263,89 @@ TEST(Detector, ZeroWindowReportsEveryRead) {
   Detector d(Options(absl::ZeroDuration()));
   EXPECT_EQ(d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid)).size(), 1u);
   EXPECT_EQ(d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid)).size(), 1u);
+}
+
+TEST(Detector, SeverityReasonsAreListedInTheirOwnField) {
+  Detector d(Options());
+  auto tool = d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid));
+  ASSERT_EQ(tool.size(), 1u);
+  ASSERT_EQ(tool[0].severity_reasons_size(), 1);
+  EXPECT_EQ(tool[0].severity_reasons(0), "reader is a shell, interpreter or transfer tool");
+  // The summary says what happened; it does not repeat the reasons.
+  EXPECT_EQ(tool[0].summary().find("Severity"), std::string::npos) << tool[0].summary();
+  auto plain = d.OnTokenRead(Read("/usr/local/bin/sidecar", "sidecar", kOwnerUid));
+  ASSERT_EQ(plain.size(), 1u);
+  EXPECT_EQ(plain[0].severity_reasons_size(), 0);
+  TokenRead uring = Read("/usr/local/bin/sidecar", "sidecar", kOtherUid);
+  uring.io_uring = true;
+  auto other = d.OnTokenRead(uring);
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0].rule_id(), "TW005");
+  EXPECT_EQ(other[0].severity(), v1::SEVERITY_CRITICAL);
+  ASSERT_EQ(other[0].severity_reasons_size(), 1);
+  EXPECT_EQ(other[0].severity_reasons(0), "reader is in another pod");
+}
+
+// A token-use finding as the correlator builds it for `read`'s reader.
+v1::Finding UseOf(const TokenRead& read, const std::string& rule_id) {
+  v1::Finding use;
+  use.set_id(NewUuid());
+  use.set_rule_id(rule_id);
+  FillToken(read.token, use.mutable_token());
+  FillProcess("node-1", read.lineage.process, &read.token, use.mutable_reader());
+  return use;
+}
+
+TEST(Detector, ALaterApiServerConnectionRaisesTheReadFindingAtOnce) {
+  Detector d(Options());
+  absl::Time t0 = absl::FromUnixSeconds(1800000000);
+  TokenRead read = Read("/usr/local/bin/sidecar", "sidecar", kOwnerUid, t0);
+  auto raised = d.OnTokenRead(read);
+  ASSERT_EQ(raised.size(), 1u);
+  ASSERT_EQ(raised[0].severity(), v1::SEVERITY_MEDIUM);
+  TokenRead again = read;
+  again.time = t0 + absl::Seconds(1);
+  d.OnTokenRead(again);
+  auto up = d.OnTokenUsed(UseOf(read, "TW010"));
+  ASSERT_EQ(up.size(), 1u);
+  EXPECT_EQ(up[0].id(), raised[0].id());
+  EXPECT_EQ(up[0].severity(), v1::SEVERITY_CRITICAL);
+  EXPECT_EQ(up[0].count(), 2u);
+  ASSERT_EQ(up[0].severity_reasons_size(), 1);
+  EXPECT_NE(up[0].severity_reasons(0).find("API server"), std::string::npos);
+  // Said once; egress after that adds its reason but cannot lower it.
+  EXPECT_TRUE(d.OnTokenUsed(UseOf(read, "TW010")).empty());
+  auto egress = d.OnTokenUsed(UseOf(read, "TW011"));
+  ASSERT_EQ(egress.size(), 1u);
+  EXPECT_EQ(egress[0].severity(), v1::SEVERITY_CRITICAL);
+  EXPECT_EQ(egress[0].severity_reasons_size(), 2);
+  // Everything was exported with the raise: nothing owed at window end.
+  EXPECT_TRUE(d.Flush(t0 + absl::Minutes(10)).empty());
+  // The fold is closed: a use now has nothing to raise.
+  EXPECT_TRUE(d.OnTokenUsed(UseOf(read, "TW011")).empty());
+}
+
+TEST(Detector, EgressRaisesToHighAndOnlyTheReadersOwnFinding) {
+  Detector d(Options());
+  TokenRead read = Read("/usr/local/bin/sidecar", "sidecar", kOwnerUid);
+  ASSERT_EQ(d.OnTokenRead(read).size(), 1u);
+  TokenRead stranger = read;
+  stranger.lineage.process.pid = 777;
+  EXPECT_TRUE(d.OnTokenUsed(UseOf(stranger, "TW011")).empty());
+  EXPECT_TRUE(d.OnTokenUsed(UseOf(read, "TW021")).empty());
+  v1::Finding no_reader = UseOf(read, "TW011");
+  no_reader.clear_reader();
+  EXPECT_TRUE(d.OnTokenUsed(no_reader).empty());
+  auto up = d.OnTokenUsed(UseOf(read, "TW011"));
+  ASSERT_EQ(up.size(), 1u);
+  EXPECT_EQ(up[0].severity(), v1::SEVERITY_HIGH);
+  // A reader folded into the finding later is traced back too.
+  Detector d2(Options());
+  auto first = d2.OnTokenRead(read);
+  d2.OnTokenRead(stranger);
+  auto by_second = d2.OnTokenUsed(UseOf(stranger, "TW010"));
+  ASSERT_EQ(by_second.size(), 1u);
+  EXPECT_EQ(by_second[0].id(), first[0].id());
 }
 
 TEST(IsShellOrTool, KnowsBusyboxAppletsByComm) {
