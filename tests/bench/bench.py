@@ -77,6 +77,13 @@ SCALE_PROCS = 30000
 SCALE_PROCS_QUICK = 2000
 MIN_REPS = 2
 LATENCY_RATE = 1000
+# Reread storm: this many long-lived processes, each opening one watched
+# token this many times a second, for this long (--quick: shorter), under the
+# default dedup window.
+STORM_PROCS = 2
+STORM_RATE = 50000
+STORM_SECONDS = 10
+STORM_SECONDS_QUICK = 2
 # Hook modes the agent's flag accepts; each is tried and kept only if the
 # agent starts with it.
 HOOK_MODES = ["lsm", "fentry", "fanotify", "tracepoint"]
@@ -129,6 +136,23 @@ def parse_rfc3339_ns(s):
     secs = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
     frac = (m.group(2) or "").ljust(9, "0")[:9]
     return secs * 1000000000 + int(frac)
+
+
+def metric_sum(body, name, labels=None):
+    """Sum of the samples of metric `name` in a Prometheus text body whose
+    labels include `labels`: 0 when the metric is declared but has no such
+    sample yet (a label value not yet counted), None when the agent does not
+    export the metric at all (an older build)."""
+    total, seen = 0.0, False
+    for m in re.finditer(r"^%s(?:\{([^}]*)\})?\s+(\S+)\s*$" % re.escape(name), body, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if labels and any(have.get(k) != v for k, v in labels.items()):
+            continue
+        total += float(m.group(2))
+        seen = True
+    if not seen and re.search(r"^# TYPE %s\s" % re.escape(name), body, re.M):
+        seen = True
+    return total if seen else None
 
 
 # ---------------------------------------------------------------------------
@@ -674,6 +698,9 @@ class Bench:
                 cfg.stop()
                 self.unavailable[cfg.name] = str(e)
                 log("bench: skipping %s: %s" % (cfg.name, e))
+        # The storm runs after the repetitions: keep its time out of them.
+        self.tail_s += len(self.storm_modes()) * (
+            (STORM_SECONDS_QUICK if self.quick else STORM_SECONDS) + 12)
         # auditd and bpftrace take seconds to start: their first start in
         # the first repetition is their probe.
         configs += [AuditdConfig(self), BpftraceConfig(self)]
@@ -792,6 +819,163 @@ class Bench:
                 "drops": counters["drops"], "rate_per_s": LATENCY_RATE, "seconds": seconds,
                 "kernel_to_line": pct(kernel_lat), "open_to_line": pct(open_lat)}
 
+    # -- reread storm --
+
+    # What the storm reads from /metrics: (key, metric, labels).
+    STORM_METRICS = (
+        ("records", "tokenwatch_kernel_records_total", {"type": "token_open"}),
+        ("reported", "tokenwatch_token_opens_total", {"outcome": "reported"}),
+        ("folded", "tokenwatch_token_opens_total", {"outcome": "folded"}),
+        ("ring_drops", "tokenwatch_kernel_drops_total", {"reason": "ring_full"}),
+        ("fanotify_overflows", "tokenwatch_kernel_drops_total", {"reason": "fanotify_overflow"}),
+        ("fanotify_events", "tokenwatch_fanotify_events_total", None),
+        ("findings_folded", "tokenwatch_findings_folded_total", None),
+        ("findings", "tokenwatch_findings_total", None),
+    )
+
+    def storm_counters(self, cfg):
+        body = cfg.tw.metrics()
+        return {key: metric_sum(body, name, labels) for key, name, labels in self.STORM_METRICS}
+
+    def storm_modes(self):
+        """Every hook mode the agent accepted here; auto only when it accepted
+        no explicit one (auto is one of them, resolved)."""
+        return [m for m in self.agent_modes if m != "auto"] or ["auto"]
+
+    def storm_all(self):
+        seconds = STORM_SECONDS_QUICK if self.quick else STORM_SECONDS
+        modes = {}
+        for mode in self.storm_modes():
+            log("bench: reread storm, %s mode: %d processes x %d opens/s for %d s" % (
+                mode, STORM_PROCS, STORM_RATE, seconds))
+            modes[mode] = self.storm(mode)
+        return {"processes": STORM_PROCS, "rate_per_process": STORM_RATE, "seconds": seconds,
+                "dedup_window": "agent default (10m)",
+                "reader": "host processes of a binary no policy expects (TW003)",
+                "modes": modes}
+
+    def storm(self, mode):
+        """STORM_PROCS host processes of a binary no policy expects, each
+        opening the same watched token STORM_RATE times a second, under the
+        agent with its default dedup window. Every open is an unexpected host
+        read (TW003), so the findings' counts must add up to the opens."""
+        seconds = STORM_SECONDS_QUICK if self.quick else STORM_SECONDS
+        cfg = AgentConfig(self, mode)
+        try:
+            cfg.start()
+        except Unavailable as e:
+            return {"error": str(e)}
+        exe = self.bins["reread_storm"]
+        procs = []
+        try:
+            c0 = self.storm_counters(cfg)
+            reset_peak_rss(cfg.pid)
+            cpu0 = task_cpu_ns(cfg.pid)
+            # One start moment for both, far enough ahead that both are
+            # waiting for it (Python's monotonic clock is CLOCK_MONOTONIC).
+            start_at = time.monotonic_ns() + 300 * 1000 * 1000
+            for _ in range(STORM_PROCS):
+                procs.append(subprocess.Popen(
+                    [exe, self.pod.token_path, str(STORM_RATE), str(seconds), str(start_at)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            results = []
+            for p in procs:
+                out, err = p.communicate(timeout=seconds + 60)
+                try:
+                    res = json.loads(out.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    raise HarnessError("reread_storm printed no result (exit %d): %s" % (
+                        p.returncode, err.strip()[-300:]))
+                if p.returncode != 0 or res["failures"]:
+                    raise HarnessError("reread_storm failed (%d failures): %s" % (
+                        res["failures"], err.strip()[-300:]))
+                res["pid"] = p.pid
+                results.append(res)
+            cpu_during = task_cpu_ns(cfg.pid)
+            c1 = self.storm_drain(cfg)
+            cpu1 = task_cpu_ns(cfg.pid)
+            hwm = status_kib(cfg.pid, "VmHWM")
+            if cfg.tw.agent.poll() is not None:
+                raise HarnessError("agent (%s) died: %s" % (mode,
+                                                           last_line(cfg.tw.agent_stderr())))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            # A clean stop flushes the folds whose count grew since their
+            # last export, so the findings file holds every final count.
+            cfg.stop()
+        opens = sum(r["iterations"] for r in results)
+        wall_s = max(r["wall_ns"] for r in results) / 1e9
+        findings = self.storm_findings(cfg.tw.findings_path, exe)
+        count_sum = sum(f["count"] for f in findings)
+
+        def delta(key):
+            # prometheus-cpp prints a labelled family only once it has a
+            # sample: absent before the storm and present after is from 0.
+            a, b = c0.get(key), c1.get(key)
+            return b - (a or 0.0) if b is not None else None
+
+        agent_cpu = (cpu1 - cpu0) if cpu1 is not None and cpu0 is not None else None
+        return {
+            "resolved_mode": cfg.resolved_mode, "processes": STORM_PROCS,
+            "rate_per_process": STORM_RATE, "seconds": seconds,
+            "opens": opens, "opens_target": sum(r["target"] for r in results),
+            "opens_per_s": opens / wall_s if wall_s else None,
+            "per_process": [{"opens": r["iterations"], "opens_per_s": r["achieved_per_s"],
+                             "backlog_max": r["backlog_max"],
+                             "cpu_ms": r["cpu_ns"] / 1e6, "wall_s": r["wall_ns"] / 1e9}
+                            for r in results],
+            "records": delta("records"), "reported": delta("reported"),
+            "folded": delta("folded"), "ring_drops": delta("ring_drops"),
+            "fanotify_overflows": delta("fanotify_overflows"),
+            "fanotify_events": delta("fanotify_events"),
+            "findings_folded": delta("findings_folded"),
+            "agent_cpu_ms": agent_cpu / 1e6 if agent_cpu is not None else None,
+            "agent_cpu_during_ms": (cpu_during - cpu0) / 1e6
+            if cpu_during is not None and cpu0 is not None else None,
+            "agent_cpu_share": agent_cpu / 1e9 / wall_s if agent_cpu and wall_s else None,
+            "agent_peak_rss_kib": hwm,
+            "findings": findings, "finding_count": len(findings), "count_sum": count_sum,
+            "count_matches": count_sum == opens,
+        }
+
+    def storm_drain(self, cfg, timeout=20.0):
+        """Counters once the agent has caught up: unchanged over more than one
+        housekeeping period (1 s), since the folded-findings gauge and the
+        drop counters only move there."""
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self.storm_counters(cfg)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > 1.5:
+                break
+            time.sleep(0.25)
+        return last
+
+    @staticmethod
+    def storm_findings(path, exe):
+        """The storm's findings, one per id with its latest count: a fold is
+        exported again, same id, each time its count grows."""
+        latest = {}
+        with open(path) as f:
+            for line in f:
+                try:
+                    fd = json.loads(line)
+                except ValueError:
+                    continue
+                if fd.get("process", {}).get("exe") != exe:
+                    continue
+                count = int(fd.get("count", 1))
+                fid = fd.get("id")
+                if fid not in latest or count >= latest[fid]["count"]:
+                    latest[fid] = {"id": fid, "rule": fd.get("ruleId"), "count": count,
+                                   "pid": int(fd.get("process", {}).get("pid", 0))}
+        return sorted(latest.values(), key=lambda f: -f["count"])
+
     # -- scale --
 
     def scale(self):
@@ -899,7 +1083,7 @@ class Bench:
             out[w] = entry
         return out
 
-    def targets(self, wl, lat, scale):
+    def targets(self, wl, lat, scale, storm=None):
         t = []
 
         def ratio(w, c):
@@ -950,6 +1134,19 @@ class Bench:
                                             scale["drops"] == 0),
             "scaled down to %d processes (--quick): not a verdict" % scale["processes"]
             if scaled else "")
+        ran = {m: e for m, e in (storm or {}).items() if "error" not in e}
+        if ran:
+            lost = {m: [e[k] for k in ("ring_drops", "fanotify_overflows") if e[k] is not None]
+                    for m, e in ran.items()}
+            total = sum(sum(v) for v in lost.values())
+            add("storm-drops", "reread storm: no ring drops or fanotify overflows", total, 0,
+                total == 0, ", ".join("%s %s" % (m, "%.0f" % sum(v) if v else "n/a")
+                                      for m, v in lost.items()))
+            short = max(e["opens"] - e["count_sum"] for e in ran.values())
+            add("storm-count", "reread storm: finding counts add up to the opens", short, 0,
+                all(e["count_matches"] for e in ran.values()),
+                ", ".join("%s %d of %d" % (m, e["count_sum"], e["opens"])
+                          for m, e in ran.items()))
         return t
 
 
@@ -1023,6 +1220,7 @@ def print_report(summary):
                   mode, k["p50_ms"], k["p90_ms"], k["p99_ms"], k["max_ms"],
                   o["p99_ms"] if o["p99_ms"] is not None else float("nan"),
                   la["findings"], la["reads"], la["drops"], la["agent_cpu_ms_per_finding"]))
+    print_storm(summary.get("reread_storm"))
     s = summary["scale"]
     print()
     print("Scale: %d pods' tokens watched, %d live processes that each read a token: agent "
@@ -1036,8 +1234,14 @@ def print_report(summary):
                                else ""))
     for t in summary["targets"]:
         v = t["value"]
-        vs = ("%.1f%%" % (100 * v) if t["id"] == "w4" else "%.3f" % v) if v is not None \
-            else "n/a"
+        if v is None:
+            vs = "n/a"
+        elif t["id"] == "w4":
+            vs = "%.1f%%" % (100 * v)
+        elif t["id"].startswith("storm"):
+            vs = "%.0f" % v
+        else:
+            vs = "%.3f" % v
         verdict = {True: "met ", False: "MISS", None: "n/a "}[t["met"]]
         print("  [%s] %-58s %s%s" % (verdict, t["target"], vs,
                                      ("  (" + t["note"] + ")") if t["note"] else ""))
@@ -1049,6 +1253,53 @@ def print_report(summary):
     for n in summary["notes"]:
         print("Note: " + n)
     print()
+
+
+def fmt_count(x):
+    return "%.0f" % x if x is not None else "n/a"
+
+
+def print_storm(st):
+    """The reread storm's tables (absent from summaries older than it)."""
+    if not st:
+        return
+    print()
+    print("Reread storm: %d processes x %d opens/s of one watched token for %d s, dedup window "
+          "%s; readers: %s" % (st["processes"], st["rate_per_process"], st["seconds"],
+                               st["dedup_window"], st["reader"]))
+    ran = {}
+    for mode, e in st["modes"].items():
+        if "error" in e:
+            print("  %-10s not run: %s" % (mode, e["error"]))
+        else:
+            ran[mode] = e
+    if not ran:
+        return
+    print("%-11s %9s %9s %9s %9s %9s %10s %9s %10s" % (
+        "mode", "opens/s", "opens", "records", "reported", "folded", "ring drops", "fan ovfl",
+        "fan events"))
+    for mode, e in ran.items():
+        print("%-11s %9.0f %9d %9s %9s %9s %10s %9s %10s" % (
+            mode, e["opens_per_s"] or 0, e["opens"], fmt_count(e["records"]),
+            fmt_count(e["reported"]), fmt_count(e["folded"]), fmt_count(e["ring_drops"]),
+            fmt_count(e["fanotify_overflows"]), fmt_count(e["fanotify_events"])))
+    print("%-11s %10s %9s %9s %9s %10s  %s" % (
+        "mode", "agent CPU", "%% of %ds" % st["seconds"], "peak RSS", "findings", "count sum",
+        "check"))
+    for mode, e in ran.items():
+        print("%-11s %8.1fms %8.2f%% %6.1fMiB %9d %10d  %s" % (
+            mode, e["agent_cpu_ms"] or 0, 100 * (e["agent_cpu_share"] or 0),
+            (e["agent_peak_rss_kib"] or 0) / 1024, e["finding_count"], e["count_sum"],
+            "%s = %d opens" % ("+".join(str(f["count"]) for f in e["findings"]) or "0",
+                               e["opens"]) if e["count_matches"] else
+            "%d opens: %d not in any finding's count" % (e["opens"], e["opens"] - e["count_sum"])))
+    for mode, e in ran.items():
+        slow = [p for p in e["per_process"] if p["opens_per_s"] < 0.95 * e["rate_per_process"]]
+        if slow:
+            print("  %s: pacing fell short of %d opens/s: %s" % (
+                mode, e["rate_per_process"], ", ".join(
+                    "%.0f/s (backlog up to %d opens)" % (p["opens_per_s"], p["backlog_max"])
+                    for p in slow)))
 
 
 def closing_notes(summary):
@@ -1210,6 +1461,9 @@ def main():
                     help="print the tables of an earlier run's JSON summary and exit")
     ap.add_argument("--scale-only", action="store_true",
                     help="only the memory scale run (for working on the agent's footprint)")
+    ap.add_argument("--storm-only", action="store_true",
+                    help="only the reread storm (for working on the kernel-side dedup): its "
+                         "tables, then its JSON, on stdout")
     args = ap.parse_args()
     if args.report:
         with open(args.report) as f:
@@ -1238,6 +1492,11 @@ def main():
             scale = bench.scale()
             print(json.dumps(scale, indent=2))
             return 0
+        if args.storm_only:
+            st = bench.storm_all()
+            print_storm(st)
+            print(json.dumps(st, indent=2))
+            return 0
         bench.overhead()
         phases["overhead_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
@@ -1249,6 +1508,9 @@ def main():
         log("bench: scale, %d pods and %d processes" % (
             PODS, SCALE_PROCS_QUICK if bench.quick else SCALE_PROCS))
         phases["latency_s"] = round(time.monotonic() - t, 1)
+        t = time.monotonic()
+        storm = bench.storm_all()
+        phases["storm_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
         scale = bench.scale()
         phases["scale_s"] = round(time.monotonic() - t, 1)
@@ -1298,11 +1560,17 @@ def main():
             "auditd": "auditctl -w <file behind ..data> -p r, auditd -n with its own config, "
                       "backlog 8192",
             "bpftrace": BpftraceConfig.one_liner("<token symlink path>"),
+            "reread_storm": "%d processes open+read+close one watched token on 1 ms ticks "
+                            "(%d opens/s each) for a fixed time; agent CPU from schedstat "
+                            "over the storm and the drain; counters are /metrics deltas; "
+                            "finding counts are each id's latest count in the findings file "
+                            "after a clean agent stop" % (STORM_PROCS, STORM_RATE),
         },
         "configs": configs, "unavailable": bench.unavailable, "workloads": wl,
         "latency": lat, "scale": scale, "notes": bench.notes,
+        "reread_storm": storm,
     }
-    summary["targets"] = bench.targets(wl, lat, scale)
+    summary["targets"] = bench.targets(wl, lat, scale, storm["modes"])
     summary["closing_notes"] = closing_notes(summary)
     os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
     with open(args.json_out, "w") as f:
