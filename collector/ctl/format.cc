@@ -233,6 +233,15 @@ std::string FormatFinding(const Finding& f) {
   std::string out = absl::StrCat("Finding ", Printable(f.id()), "\n");
   Field(&out, "Rule", absl::StrCat(Printable(f.rule_id()), " ", Printable(f.rule_name())));
   Field(&out, "Severity", SeverityName(f.severity()));
+  // What set or raised it, one reason a line under the first.
+  for (int i = 0; i < f.severity_reasons_size(); ++i) {
+    std::string reason = Printable(f.severity_reasons(i));
+    if (i == 0) {
+      Field(&out, "Because", reason);
+    } else {
+      absl::StrAppend(&out, std::string(2 + 16 + 1, ' '), reason, "\n");
+    }
+  }
   Field(&out, "Summary", Printable(f.summary()));
   Field(&out, "Node", Printable(f.node()));
   Field(&out, "First seen", FormatTimestamp(f.time()));

@@ -28,8 +28,9 @@ std::string Printable(absl::string_view text);
 // COUNT, SUMMARY. Long cells are cut with "...". Ends with a newline; one line per finding.
 std::string FormatTable(const std::vector<tokenwatch::v1::Finding>& findings);
 
-// A finding in full: what, when, the token's claims, the lineage as an indented tree from the
-// oldest ancestor down to the actor, the access and the connections.
+// A finding in full: what, when, the reasons for its severity (one a line), the token's claims,
+// the lineage as an indented tree from the oldest ancestor down to the actor, the access and the
+// connections.
 std::string FormatFinding(const tokenwatch::v1::Finding& finding);
 
 }  // namespace tokenwatch::collector::ctl

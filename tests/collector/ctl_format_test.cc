@@ -92,6 +92,21 @@ TEST(FormatFinding, ShowsLineageRootFirstDownToTheActor) {
   EXPECT_THAT(out, HasSubstr("[pod attacker/shell-0]"));
 }
 
+TEST(FormatFinding, ListsTheSeverityReasonsOneALineUnderTheSeverity) {
+  tokenwatch::v1::Finding f = TestFinding(1);
+  f.add_severity_reasons("reader is a shell, interpreter or transfer tool");
+  f.add_severity_reasons("reader came through an exec session\x1b[2J");
+  std::string out = FormatFinding(f);
+  std::vector<std::string> lines = absl::StrSplit(out, '\n');
+  size_t at = 0;
+  while (at < lines.size() && lines[at].find("Severity:") == std::string::npos) ++at;
+  ASSERT_LT(at + 2, lines.size()) << out;
+  EXPECT_EQ(lines[at + 1], "  Because:         reader is a shell, interpreter or transfer tool");
+  // The second reason starts where the first does, made printable.
+  EXPECT_EQ(lines[at + 2], "                   reader came through an exec session?[2J");
+  EXPECT_THAT(FormatFinding(TestFinding(1)), Not(HasSubstr("Because:")));
+}
+
 TEST(FormatFinding, MarksTruncatedAncestryAndShowsConnections) {
   tokenwatch::v1::Finding f = TestFinding(1);
   f.set_ancestors_truncated(true);
