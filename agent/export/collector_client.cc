@@ -233,21 +233,35 @@ void CollectorClient::RunDelivery() {
 }
 
 void CollectorClient::ReportLosses() {
-  const Spool::Lost lost = spool_->TakeLost();
+  absl::MutexLock report_lock(&report_mu_);
   uint64_t queue_lost;
   {
     absl::MutexLock lock(&mu_);
     queue_lost = queue_dropped_ - queue_dropped_reported_;
-    queue_dropped_reported_ = queue_dropped_;
   }
-  const uint64_t dropped = lost.dropped + queue_lost;
-  if (dropped + lost.corrupt == 0) return;
+  // The report goes straight into the spool, durably, in the same step that clears the spool's
+  // persisted loss counts: a SIGKILL at any point leaves the loss counted or reported.
+  Spool::Lost reported;
+  absl::StatusOr<uint64_t> sequence =
+      spool_->AppendLossReport(queue_lost, [&](const Spool::Lost& lost) {
+        reported = lost;
+        return MakeFindingsDroppedFinding(options_.node, lost.dropped, lost.corrupt,
+                                          absl::Now());
+      });
+  if (!sequence.ok()) {
+    Logf(LogLevel::kWarning, "cannot spool the %s report, will retry: %s",
+         kFindingsDroppedRuleId, sequence.status().message());
+    return;
+  }
+  if (*sequence == 0) return;
   Logf(LogLevel::kWarning,
        "%d findings were lost before delivery (%d spool full, %d damaged); reporting %s",
-       dropped + lost.corrupt, dropped, lost.corrupt, kFindingsDroppedRuleId);
-  Enqueue(MakeFindingsDroppedFinding(options_.node, dropped, lost.corrupt, absl::Now()));
+       reported.dropped + reported.corrupt, reported.dropped, reported.corrupt,
+       kFindingsDroppedRuleId);
   absl::MutexLock lock(&mu_);
+  queue_dropped_reported_ += queue_lost;
   ++stats_.drop_reports;
+  spooled_sequence_ = std::max(spooled_sequence_, *sequence);
 }
 
 bool CollectorClient::RunStream() {
@@ -285,8 +299,14 @@ bool CollectorClient::RunStream() {
   hello.mutable_hello()->set_version(options_.version);
   bool ok = stream->Write(hello);
   if (ok) {
-    absl::MutexLock lock(&mu_);
-    stats_.connected = true;
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.connected = true;
+    }
+    // Losses from before a restart are reported even when nothing else is left to send. With
+    // findings to send, the first ack reports them, once acked segments made room: appending
+    // to a full spool now would drop more.
+    if (spool_->stats().unacked == 0) ReportLosses();
   }
 
   // Everything unacked is (re)sent in order, starting from the oldest.

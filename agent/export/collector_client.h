@@ -101,8 +101,9 @@ class CollectorClient {
   // One connection: returns after the stream broke or Stop() was called; true when the
   // collector acked anything on it.
   bool RunStream();
-  // After an ack: raises TW091 for findings lost since the last report.
-  void ReportLosses();
+  // When a stream opens and after each ack: raises TW091 for findings lost since the last
+  // report, written to the spool at once.
+  void ReportLosses() ABSL_LOCKS_EXCLUDED(report_mu_, mu_);
 
   const Options options_;
   const std::unique_ptr<Spool> spool_;
@@ -116,6 +117,9 @@ class CollectorClient {
   std::deque<v1::Finding> pending_ ABSL_GUARDED_BY(mu_);
   // The newest sequence number the spool holds, so the sender knows when to read.
   uint64_t spooled_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  // Serialises ReportLosses (the stream's writer and its ack reader both call it), so that one
+  // count of queue overflows goes into one report.
+  absl::Mutex report_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stream_broken_ ABSL_GUARDED_BY(mu_) = false;

@@ -15,12 +15,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 
 namespace tokenwatch::exporting {
 namespace {
 
 constexpr char kSegmentSuffix[] = ".seg";
 constexpr char kAckedFile[] = "acked";
+constexpr char kLostFile[] = "lost";
 
 std::array<uint32_t, 256> MakeCrcTable() {
   std::array<uint32_t, 256> table{};
@@ -73,6 +75,14 @@ bool WriteAll(int fd, absl::string_view data) {
     data.remove_prefix(static_cast<size_t>(n));
   }
   return true;
+}
+
+void SyncDirectory(const std::string& dir) {
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
 }
 
 bool PreadAll(int fd, char* buf, size_t size, uint64_t offset) {
@@ -168,6 +178,10 @@ absl::Status Spool::Load() {
     }
   }
   last_sequence_ = acked_;
+  LoadLostLocked();
+  const Lost lost_before = lost_;
+  const std::map<std::string, uint64_t> counted_before = counted_corrupt_;
+  std::map<std::string, uint64_t> counted;
 
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) return Errno("list", dir);
@@ -183,6 +197,7 @@ absl::Status Spool::Load() {
   uint64_t previous = 0;
   for (const std::string& name : names) {
     Segment segment;
+    segment.name = name;
     segment.path = absl::StrCat(dir, "/", name);
     segment.fd = open(segment.path.c_str(), O_RDWR | O_CLOEXEC);
     if (segment.fd < 0) return Errno("open", segment.path);
@@ -211,26 +226,87 @@ absl::Status Spool::Load() {
       segment.entries.push_back(
           Entry{item.sequence(), record.offset, static_cast<uint32_t>(record.size)});
     }
-    lost_.corrupt += corrupt;
-    corrupt_total_ += corrupt;
+    // Damage an earlier run counted (and persisted) is still on disk: count only what is new.
+    auto known = counted_corrupt_.find(name);
+    const uint64_t already = known == counted_corrupt_.end() ? 0 : known->second;
+    if (corrupt > already) {
+      lost_.corrupt += corrupt - already;
+      corrupt_total_ += corrupt - already;
+    }
     if (segment.entries.empty()) {
+      // The loss must be on disk before the file that shows it goes.
+      if (lost_.corrupt != lost_before.corrupt) {
+        counted_corrupt_.erase(name);
+        PersistLostLocked();
+      }
       close(segment.fd);
       unlink(segment.path.c_str());
       continue;
     }
+    if (std::max(corrupt, already) > 0) counted[name] = std::max(corrupt, already);
     segment.bytes = bytes.size();
     total_bytes_ += segment.bytes;
     segments_.push_back(std::move(segment));
   }
   back_active_ = false;
+  // Segments gone since (acked, dropped) need no memory of their damage.
+  counted_corrupt_ = std::move(counted);
+  if (lost_.corrupt != lost_before.corrupt || lost_.dropped != lost_before.dropped ||
+      counted_corrupt_ != counted_before) {
+    PersistLostLocked();
+  }
   return absl::OkStatus();
+}
+
+void Spool::LoadLostLocked() {
+  // "dropped N", "corrupt N" and "counted <segment> N" lines. A damaged file costs the count it
+  // held, nothing else: the spool still opens.
+  std::string text;
+  int fd = open(absl::StrCat(options_.dir, "/", kLostFile).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0 && text.size() < (1 << 20);) {
+    text.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    uint64_t n = 0;
+    if (f.size() == 2 && absl::SimpleAtoi(f[1], &n)) {
+      if (f[0] == "dropped") lost_.dropped = n;
+      if (f[0] == "corrupt") lost_.corrupt = n;
+    } else if (f.size() == 3 && f[0] == "counted" && absl::EndsWith(f[1], kSegmentSuffix) &&
+               absl::SimpleAtoi(f[2], &n)) {
+      counted_corrupt_[std::string(f[1])] = n;
+    }
+  }
+}
+
+bool Spool::PersistLostLocked() {
+  std::string text = absl::StrCat("dropped ", lost_.dropped, "\ncorrupt ", lost_.corrupt, "\n");
+  for (const auto& [name, n] : counted_corrupt_) {
+    absl::StrAppend(&text, "counted ", name, " ", n, "\n");
+  }
+  // Written aside and renamed over, so a crash leaves the old counts or the new, never a mix.
+  const std::string path = absl::StrCat(options_.dir, "/", kLostFile);
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  const bool ok = WriteAll(fd, text) && fdatasync(fd) == 0;
+  close(fd);
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+    unlink(tmp.c_str());
+    return false;
+  }
+  SyncDirectory(options_.dir);
+  return true;
 }
 
 absl::Status Spool::StartSegmentLocked(uint64_t first_sequence) {
   if (back_active_ && back_dirty_) fdatasync(segments_.back().fd);
   Segment segment;
-  segment.path =
-      absl::StrFormat("%s/%020d%s", options_.dir, first_sequence, kSegmentSuffix);
+  segment.name = absl::StrFormat("%020d%s", first_sequence, kSegmentSuffix);
+  segment.path = absl::StrCat(options_.dir, "/", segment.name);
   segment.fd = open(segment.path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC,
                     0600);
   if (segment.fd < 0) return Errno("create", segment.path);
@@ -249,11 +325,11 @@ uint64_t Spool::UnackedIn(const Segment& segment) const {
 
 void Spool::DropFrontLocked(bool count_unacked) {
   Segment& front = segments_.front();
-  if (count_unacked) {
-    uint64_t lost = UnackedIn(front);
-    lost_.dropped += lost;
-    dropped_total_ += lost;
-  }
+  uint64_t lost = count_unacked ? UnackedIn(front) : 0;
+  lost_.dropped += lost;
+  dropped_total_ += lost;
+  // The count is durable before the findings it stands for are unlinked.
+  if (counted_corrupt_.erase(front.name) > 0 || lost > 0) PersistLostLocked();
   close(front.fd);
   unlink(front.path.c_str());
   total_bytes_ -= front.bytes;
@@ -263,6 +339,10 @@ void Spool::DropFrontLocked(bool count_unacked) {
 
 absl::StatusOr<uint64_t> Spool::Append(const tokenwatch::v1::Finding& finding) {
   absl::MutexLock lock(&mu_);
+  return AppendLocked(finding);
+}
+
+absl::StatusOr<uint64_t> Spool::AppendLocked(const tokenwatch::v1::Finding& finding) {
   tokenwatch::v1::SequencedFinding item;
   item.set_sequence(last_sequence_ + 1);
   *item.mutable_finding() = finding;
@@ -296,17 +376,17 @@ absl::StatusOr<uint64_t> Spool::Append(const tokenwatch::v1::Finding& finding) {
 
 absl::Status Spool::Sync() {
   absl::MutexLock lock(&mu_);
+  return SyncLocked();
+}
+
+absl::Status Spool::SyncLocked() {
   if (back_active_ && back_dirty_ && !segments_.empty()) {
     if (fdatasync(segments_.back().fd) != 0) return Errno("sync", segments_.back().path);
     back_dirty_ = false;
   }
   if (dir_dirty_) {
     // A new segment's directory entry must be durable too, or its records vanish with it.
-    int fd = open(options_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      fsync(fd);
-      close(fd);
-    }
+    SyncDirectory(options_.dir);
     dir_dirty_ = false;
   }
   return absl::OkStatus();
@@ -332,6 +412,8 @@ std::vector<tokenwatch::v1::SequencedFinding> Spool::ReadAfter(uint64_t after, s
         // Damaged after we indexed it (the disk, or someone editing the file): skip it for good.
         ++lost_.corrupt;
         ++corrupt_total_;
+        ++counted_corrupt_[segment.name];
+        PersistLostLocked();
         it = segment.entries.erase(it);
         continue;
       }
@@ -374,7 +456,25 @@ Spool::Lost Spool::TakeLost() {
   absl::MutexLock lock(&mu_);
   Lost lost = lost_;
   lost_ = Lost{};
+  if (lost.dropped + lost.corrupt > 0) PersistLostLocked();
   return lost;
+}
+
+absl::StatusOr<uint64_t> Spool::AppendLossReport(
+    uint64_t extra_dropped, absl::FunctionRef<tokenwatch::v1::Finding(const Lost&)> report) {
+  absl::MutexLock lock(&mu_);
+  const Lost spool_lost = lost_;
+  Lost total = spool_lost;
+  total.dropped += extra_dropped;
+  if (total.dropped + total.corrupt == 0) return 0;
+  absl::StatusOr<uint64_t> sequence = AppendLocked(report(total));
+  if (!sequence.ok()) return sequence.status();
+  if (absl::Status s = SyncLocked(); !s.ok()) return s;
+  // Appending may itself have dropped a full segment: those losses are not in this report.
+  lost_.dropped -= spool_lost.dropped;
+  lost_.corrupt -= spool_lost.corrupt;
+  PersistLostLocked();
+  return sequence;
 }
 
 Spool::Stats Spool::stats() const {

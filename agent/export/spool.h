@@ -3,11 +3,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -56,6 +58,13 @@ SpoolScan ScanSpoolSegment(absl::string_view bytes);
 // bounded: to make room, the oldest segment is dropped even if unacked, and its unacked findings
 // are counted as lost, as are records found corrupt. Appends reach the file at once (write) and
 // the disk at Sync() (fsync), which the caller batches.
+//
+// Losses not yet reported survive a crash: they are kept in the file `lost` beside the segments,
+// fsync'd before the segment they concern is unlinked, and cleared only once the report of them
+// (AppendLossReport) is itself durable in the spool. A crash between the two reports the same
+// loss twice, never not at all. The file also remembers how many damaged records each surviving
+// segment has already been counted for, so that rescanning it after a restart does not count
+// them again.
 //
 // Threading: all methods are safe from any thread; one mutex guards the index and the files.
 class Spool {
@@ -106,8 +115,16 @@ class Spool {
   // the watermark. Returns how many stored findings this ack newly covered.
   uint64_t Ack(uint64_t sequence) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Returns and resets the findings lost since the last call.
+  // Returns and resets (durably) the findings lost and not yet reported.
   Lost TakeLost() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Reports the losses not yet reported: appends the finding `report` makes of them (with
+  // `extra_dropped`, losses the caller counted itself, added to `dropped`), makes it durable,
+  // then clears them durably. Returns the report's sequence number, or 0 when nothing was lost
+  // (`report` is then not called). On an error the losses stay counted for the next attempt.
+  absl::StatusOr<uint64_t> AppendLossReport(
+      uint64_t extra_dropped, absl::FunctionRef<tokenwatch::v1::Finding(const Lost&)> report)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -118,6 +135,7 @@ class Spool {
     uint32_t size;
   };
   struct Segment {
+    std::string name;  // the file name, "<first sequence>.seg"
     std::string path;
     int fd = -1;
     uint64_t bytes = 0;
@@ -126,6 +144,12 @@ class Spool {
 
   explicit Spool(Options options) : options_(std::move(options)) {}
   absl::Status Load() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LoadLostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes lost_ and counted_corrupt_ to the `lost` file (atomically, fsync'd); false on failure.
+  bool PersistLostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> AppendLocked(const tokenwatch::v1::Finding& finding)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SyncLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status StartSegmentLocked(uint64_t first_sequence) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropFrontLocked(bool count_unacked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t UnackedIn(const Segment& segment) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -144,6 +168,8 @@ class Spool {
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;
   int acked_fd_ ABSL_GUARDED_BY(mu_) = -1;
   Lost lost_ ABSL_GUARDED_BY(mu_);
+  // Per segment file name: damaged records already counted into lost_ (or reported).
+  std::map<std::string, uint64_t> counted_corrupt_ ABSL_GUARDED_BY(mu_);
   uint64_t dropped_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t corrupt_total_ ABSL_GUARDED_BY(mu_) = 0;
 };

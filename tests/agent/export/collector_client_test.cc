@@ -228,6 +228,48 @@ TEST_F(CollectorClientTest, AFullSpoolDropsTheOldestAndReportsTheLossOnceDeliver
   client->Stop();
 }
 
+// What an agent killed with SIGKILL leaves behind: the spool's own files, nothing else.
+// The spool persists its loss counts as they happen (spool_test kills a child process to
+// show it), so an agent process that ends here without a report is the SIGKILL case.
+TEST_F(CollectorClientTest, LossesFromBeforeARestartAreReportedAfterIt) {
+  for (bool leave_unacked : {true, false}) {
+    SCOPED_TRACE(leave_unacked ? "findings left to send" : "nothing else to send");
+    std::filesystem::remove_all(dir_ + "/spool");
+    std::set<std::string> earlier;  // the first round's reports
+    for (const v1::Finding& f : Stored()) earlier.insert(f.id());
+    uint64_t dropped = 0;
+    {
+      Spool::Options o = ClientOptions().spool;
+      o.max_bytes = 16384;
+      o.segment_bytes = 2048;
+      auto spool = Spool::Open(o);
+      ASSERT_TRUE(spool.ok()) << spool.status();
+      for (int i = 0; i < 200; ++i) ASSERT_TRUE((*spool)->Append(MakeFinding(i)).ok());
+      if (!leave_unacked) (*spool)->Ack((*spool)->stats().last_sequence);
+      dropped = (*spool)->stats().dropped_total;
+      ASSERT_GT(dropped, 0u);
+    }
+    CollectorClient::Options o = ClientOptions();
+    o.spool.max_bytes = 16384;
+    o.spool.segment_bytes = 2048;
+    auto client = Client(o);
+    client->Start();
+    uint64_t reported = 0;
+    ASSERT_TRUE(WaitFor([&] {
+      reported = 0;
+      for (const v1::Finding& f : Stored()) {
+        if (f.rule_id() == "TW091" && earlier.count(f.id()) == 0 &&
+            f.summary().find(absl::StrCat(dropped, " findings were lost")) != std::string::npos) {
+          reported += f.count();
+        }
+      }
+      return reported > 0;
+    })) << "no TW091 for the " << dropped << " findings dropped before the restart";
+    EXPECT_EQ(reported, dropped);
+    client->Stop();
+  }
+}
+
 TEST_F(CollectorClientTest, ADamagedSpoolRecordIsSkippedAndReportedAndTheRestArrive) {
   int port = port_;
   StopCollector();

@@ -2,7 +2,10 @@
 #include "agent/export/spool.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -212,6 +215,109 @@ TEST_F(SpoolTest, AckedFindingsAreNotCountedWhenTheirSegmentGoes) {
     spool->Ack(static_cast<uint64_t>(i));
   }
   EXPECT_EQ(spool->stats().dropped_total, 0u);
+}
+
+// Runs `body` in a child process that then dies by SIGKILL: no destructor, no flush, no sync
+// beyond what the spool did itself, as when the agent is killed.
+template <typename Body>
+void InAChildKilledAfterwards(Body body) {
+  fflush(nullptr);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    body();
+    kill(getpid(), SIGKILL);
+    _exit(1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child did not get that far";
+}
+
+TEST_F(SpoolTest, DropsOfAFullSpoolAreStillCountedAfterASigkill) {
+  InAChildKilledAfterwards([&] {
+    auto spool = Open(16384, 4096);
+    for (int i = 1; i <= 400; ++i) {
+      if (!spool->Append(MakeFinding(i, 100)).ok()) _exit(2);
+    }
+    if (spool->stats().dropped_total == 0) _exit(3);
+  });
+  auto spool = Open(16384, 4096);
+  const Spool::Stats stats = spool->stats();
+  const Spool::Lost lost = spool->TakeLost();
+  EXPECT_GT(lost.dropped, 0u);
+  EXPECT_EQ(lost.dropped + stats.unacked, 400u) << "every finding is stored or counted";
+  EXPECT_EQ(Open(16384, 4096)->TakeLost().dropped, 0u) << "taken counts stay taken";
+}
+
+TEST_F(SpoolTest, ALossReportIsDurableAndClearsTheCountInOneStep) {
+  uint64_t dropped = 0;
+  {
+    auto spool = Open(16384, 4096);
+    for (int i = 1; i <= 400; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i, 100)).ok());
+    dropped = spool->stats().dropped_total;
+    ASSERT_GT(dropped, 0u);
+  }
+  InAChildKilledAfterwards([&] {
+    auto spool = Open(16384, 4096);
+    absl::StatusOr<uint64_t> sequence = spool->AppendLossReport(7, [](const Spool::Lost& lost) {
+      v1::Finding report = MakeFinding(9999);
+      report.set_rule_id("TW091");
+      report.set_count(lost.dropped + lost.corrupt);
+      return report;
+    });
+    if (!sequence.ok() || *sequence != 401) _exit(2);
+  });
+  auto spool = Open(16384, 4096);
+  EXPECT_EQ(spool->TakeLost().dropped, 0u) << "the reported loss is not counted again";
+  std::vector<v1::SequencedFinding> left = spool->ReadAfter(0, 1000);
+  ASSERT_FALSE(left.empty());
+  EXPECT_EQ(left.back().sequence(), 401u);
+  EXPECT_EQ(left.back().finding().rule_id(), "TW091");
+  EXPECT_EQ(left.back().finding().count(), dropped + 7) << "spool drops plus the caller's";
+  EXPECT_EQ(*spool->AppendLossReport(0, [](const Spool::Lost&) { return MakeFinding(1); }), 0u)
+      << "nothing lost, nothing reported";
+}
+
+TEST_F(SpoolTest, ADamagedRecordIsCountedOnceAcrossRestarts) {
+  {
+    auto spool = Open(1 << 20, 1 << 16);
+    for (int i = 1; i <= 5; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
+  }
+  {
+    std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(kSpoolRecordHeaderBytes + 3);  // inside record 1's payload
+    file.put('\xee');
+  }
+  // Killed before the loss was reported: the restart still knows it, and only once.
+  InAChildKilledAfterwards([&] {
+    if (Open(1 << 20, 1 << 16)->stats().corrupt_total != 1) _exit(2);
+  });
+  Open(1 << 20, 1 << 16);  // a clean restart that does not report either
+  {
+    auto spool = Open(1 << 20, 1 << 16);
+    EXPECT_EQ(spool->TakeLost().corrupt, 1u);
+    EXPECT_EQ(Sequences(spool->ReadAfter(0, 100)), Range(2, 5));
+  }
+  EXPECT_EQ(Open(1 << 20, 1 << 16)->TakeLost().corrupt, 0u)
+      << "a reported damaged record is not reported again while its segment lives";
+}
+
+TEST_F(SpoolTest, DamageFoundWhileReadingSurvivesASigkill) {
+  InAChildKilledAfterwards([&] {
+    auto spool = Open(1 << 20, 1 << 16);
+    for (int i = 1; i <= 5; ++i) {
+      if (!spool->Append(MakeFinding(i)).ok()) _exit(2);
+    }
+    {
+      std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
+      file.seekp(kSpoolRecordHeaderBytes + 3);
+      file.put('\xee');
+    }
+    if (spool->ReadAfter(0, 100).size() != 4) _exit(3);
+  });
+  auto spool = Open(1 << 20, 1 << 16);
+  EXPECT_EQ(spool->TakeLost().corrupt, 1u) << "counted by the read, not again by the rescan";
 }
 
 TEST_F(SpoolTest, RefusesAnUnusableDirectory) {
