@@ -26,6 +26,7 @@
 #include "agent/metrics/http_server.h"
 #include "collector/cli_args.h"
 #include "collector/collector_metrics.h"
+#include "collector/profile_store.h"
 #include "collector/service.h"
 #include "collector/store.h"
 
@@ -108,6 +109,9 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<tokenwatch::collector::FindingStore>> store =
       tokenwatch::collector::FindingStore::Open(db_path);
   if (!store.ok()) return Fail(std::string(store.status().message()));
+  absl::StatusOr<std::unique_ptr<tokenwatch::collector::ProfileStore>> profiles =
+      tokenwatch::collector::ProfileStore::Open(db_path);
+  if (!profiles.ok()) return Fail(std::string(profiles.status().message()));
 
   // Block the stop signals before gRPC starts its threads, so that they all inherit the mask
   // and only sigwait below receives them; shutting a server down is not async-signal-safe.
@@ -141,6 +145,7 @@ int main(int argc, char** argv) {
   tokenwatch::collector::CollectorService::Options service_options;
   service_options.verify_node_names = tls.has_value() && !tls->client_ca.empty();
   service_options.metrics = metrics.get();
+  service_options.profiles = profiles->get();
   tokenwatch::collector::CollectorService service(store->get(), service_options);
   absl::StatusOr<tokenwatch::collector::RunningServer> server =
       tokenwatch::collector::StartServer(listen, &service, tls ? &*tls : nullptr);

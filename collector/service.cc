@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "collector/peer_names.h"
 #include "collector/validate.h"
 
 namespace tokenwatch::collector {
@@ -34,20 +35,6 @@ constexpr size_t kMaxWatchBacklog = 10000;
 
 grpc::Status ToGrpc(const absl::Status& s) {
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
-// The names a verified client certificate carries: its common name and subject alternative
-// names.
-std::set<std::string> CertificateNames(const grpc::CallbackServerContext* context) {
-  std::set<std::string> names;
-  std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
-  if (auth == nullptr || !auth->IsPeerAuthenticated()) return names;
-  for (const char* property : {GRPC_X509_CN_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
-    for (const grpc::string_ref& value : auth->FindPropertyValues(property)) {
-      names.emplace(value.data(), value.size());
-    }
-  }
-  return names;
 }
 
 // One agent's Report stream. Each finding read is validated and handed to the group-commit

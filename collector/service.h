@@ -8,6 +8,8 @@
 #include "absl/status/statusor.h"
 #include "collector/collector_metrics.h"
 #include "collector/ingest.h"
+#include "collector/profile_service.h"
+#include "collector/profile_store.h"
 #include "collector/store.h"
 #include "tokenwatch/v1/collector.grpc.pb.h"
 
@@ -25,7 +27,9 @@ using CollectorCallbackBase = tokenwatch::v1::Collector::WithRawCallbackMethod_R
     tokenwatch::v1::Collector::WithCallbackMethod_ListFindings<
         tokenwatch::v1::Collector::WithCallbackMethod_GetFinding<
             tokenwatch::v1::Collector::WithCallbackMethod_WatchFindings<
-                tokenwatch::v1::Collector::Service>>>>;
+                tokenwatch::v1::Collector::WithCallbackMethod_UploadProfiles<
+                    tokenwatch::v1::Collector::WithCallbackMethod_ListProfiles<
+                        tokenwatch::v1::Collector::Service>>>>>>;
 
 // CollectorService implements tokenwatch.v1.Collector with the callback API: a bidi reactor per
 // Report stream, a write reactor per WatchFindings call, the default unary reactor for queries.
@@ -45,6 +49,9 @@ class CollectorService final : public CollectorCallbackBase {
     // Where to count findings, rejections, connections and latencies; null
     // counts into a private, unexported set. Must outlive the service.
     CollectorMetrics* metrics = nullptr;
+    // Where agents' learned profiles are kept (UploadProfiles, ListProfiles); null answers
+    // both with UNIMPLEMENTED. Must outlive the service.
+    ProfileStore* profiles = nullptr;
   };
 
   explicit CollectorService(FindingStore* store) : CollectorService(store, Options()) {}
@@ -53,7 +60,8 @@ class CollectorService final : public CollectorCallbackBase {
         options_(options),
         own_metrics_(options.metrics == nullptr ? std::make_unique<CollectorMetrics>() : nullptr),
         metrics_(options.metrics != nullptr ? options.metrics : own_metrics_.get()),
-        ingest_(store, &hub_) {}
+        ingest_(store, &hub_),
+        profile_rpcs_(options.profiles, options.verify_node_names, metrics_) {}
 
   // Each message is a serialized ReportRequest; each answer a serialized ReportResponse.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Report(
@@ -71,6 +79,18 @@ class CollectorService final : public CollectorCallbackBase {
       grpc::CallbackServerContext* context,
       const tokenwatch::v1::WatchFindingsRequest* request) override;
 
+  // Learned profiles: collector/profile_service.h.
+  grpc::ServerUnaryReactor* UploadProfiles(
+      grpc::CallbackServerContext* context, const tokenwatch::v1::UploadProfilesRequest* request,
+      tokenwatch::v1::UploadProfilesResponse* response) override {
+    return profile_rpcs_.Upload(context, request, response);
+  }
+  grpc::ServerUnaryReactor* ListProfiles(grpc::CallbackServerContext* context,
+                                         const tokenwatch::v1::ListProfilesRequest* request,
+                                         tokenwatch::v1::ListProfilesResponse* response) override {
+    return profile_rpcs_.List(context, request, response);
+  }
+
  private:
   FindingStore* const store_;
   const Options options_;
@@ -78,6 +98,7 @@ class CollectorService final : public CollectorCallbackBase {
   CollectorMetrics* const metrics_;
   FindingHub hub_;
   Ingest ingest_;  // after hub_: it publishes to it until destroyed
+  ProfileRpcs profile_rpcs_;
 };
 
 // TLS for the server, as PEM text.

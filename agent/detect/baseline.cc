@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/common/log.h"
+#include "agent/detect/profile_policy.h"
 #include "yaml-cpp/yaml.h"
 
 namespace tokenwatch::detect {
@@ -124,6 +125,10 @@ absl::Status Baseline::LoadText(const std::string& text) {
 
 void Baseline::SetLearning(const LearningSettings& learning) {
   absl::MutexLock lock(&mu_);
+  // Called for every judged read: only a real change is news to the uploader.
+  if (learning.enabled != learning_.enabled || learning.window != learning_.window) {
+    ++generation_;
+  }
   learning_ = learning;
 }
 
@@ -142,6 +147,7 @@ Observation Baseline::Record(const WorkloadKey& workload, const std::string& exe
     p.first_seen = now;
     it = profiles_.emplace(id, std::move(p)).first;
     dirty_ = true;
+    ++generation_;
   }
   Profile& p = it->second;
   absl::btree_set<std::string>& set = apiserver ? p.apiserver_clients : p.token_readers;
@@ -149,6 +155,7 @@ Observation Baseline::Record(const WorkloadKey& workload, const std::string& exe
   if (learning_.enabled && now < p.first_seen + learning_.window) {
     set.insert(exe);
     dirty_ = true;
+    ++generation_;
     return Observation::kLearning;
   }
   return Observation::kNew;
@@ -215,48 +222,38 @@ absl::Status Baseline::Save() {
   return s;
 }
 
-std::string Baseline::ExportPolicyYaml(const std::string& filter) const {
+std::vector<v1::LearnedProfile> Baseline::Profiles() const {
   absl::MutexLock lock(&mu_);
-  YAML::Emitter out;
-  out << YAML::Comment(
-      "Learned by tokenwatch; review, then merge into the agent's --config file.");
-  out << YAML::BeginMap << YAML::Key << "policy" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "workloads" << YAML::Value << YAML::BeginSeq;
-  absl::Time now = absl::Now();
+  std::vector<v1::LearnedProfile> out;
+  out.reserve(profiles_.size());
   for (const auto& [id, p] : profiles_) {
-    if (!filter.empty() && !GlobMatch(filter, absl::StrCat(p.namespace_name, "/", p.workload))) {
-      continue;
-    }
-    bool complete = now >= p.first_seen + learning_.window;
-    out << YAML::BeginMap;
-    out << YAML::Key << "namespace" << YAML::Value << p.namespace_name;
-    out << YAML::Key << "workload" << YAML::Value << p.workload;
-    // The learned container is an exact path; a glob that matched more would
-    // widen the profile.
-    out << YAML::Key << "container" << YAML::Value << (p.container.empty() ? "*" : p.container);
-    if (!p.service_account.empty()) {
-      out << YAML::Key << "service_account" << YAML::Value << p.service_account;
-    }
-    out << YAML::Key << "executables" << YAML::Value << YAML::BeginSeq;
-    for (const std::string& exe : p.token_readers) {
-      // Entries must be full paths; a reader known only by name (it exited
-      // before its path was resolved) cannot be exported as an allowlist.
-      if (!exe.empty() && exe[0] == '/') {
-        out << YAML::BeginMap << YAML::Key << "exe" << YAML::Value << exe << YAML::EndMap;
-      }
-    }
-    out << YAML::EndSeq;
-    // Only a learned contact is a fact; "false" would also be said by an agent
-    // that cannot see connections.
-    if (!p.apiserver_clients.empty()) {
-      out << YAML::Key << "apiserver_contact" << YAML::Value << true;
-    }
-    out << YAML::EndMap;
-    out << YAML::Comment(absl::StrCat("first seen ", Rfc3339(p.first_seen), "; learning ",
-                                      complete ? "complete" : "still open"));
+    v1::LearnedProfile& lp = out.emplace_back();
+    lp.set_namespace_(p.namespace_name);
+    lp.set_workload(p.workload);
+    lp.set_container(p.container);
+    lp.set_service_account(p.service_account);
+    for (const std::string& exe : p.token_readers) lp.add_token_readers()->set_path(exe);
+    for (const std::string& exe : p.apiserver_clients) lp.add_apiserver_clients()->set_path(exe);
+    profiles::SetTime(p.first_seen, lp.mutable_learning_started());
+    profiles::SetTime(p.first_seen + learning_.window, lp.mutable_learning_ends());
+    lp.set_learning_disabled(!learning_.enabled);
   }
-  out << YAML::EndSeq << YAML::EndMap << YAML::EndMap;
-  return std::string(out.c_str()) + "\n";
+  return out;
+}
+
+uint64_t Baseline::generation() const {
+  absl::MutexLock lock(&mu_);
+  return generation_;
+}
+
+std::string Baseline::ExportPolicyYaml(const std::string& filter) const {
+  std::vector<v1::LearnedProfile> selected;
+  for (v1::LearnedProfile& p : Profiles()) {
+    if (filter.empty() || GlobMatch(filter, absl::StrCat(p.namespace_(), "/", p.workload()))) {
+      selected.push_back(std::move(p));
+    }
+  }
+  return profiles::RenderPolicyYaml(profiles::MergeProfiles(selected, absl::Now()));
 }
 
 // ---------------------------------------------------------------------------

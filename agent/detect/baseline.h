@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -17,6 +18,7 @@
 #include "agent/detect/policy.h"
 #include "agent/detect/token_read.h"
 #include "agent/detect/workload.h"
+#include "tokenwatch/v1/collector.pb.h"
 
 namespace tokenwatch::detect {
 
@@ -74,6 +76,15 @@ class Baseline {
   // "namespace/workload"; "" exports all.
   std::string ExportPolicyYaml(const std::string& filter = "") const ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Every profile as the collector stores it (node and updated left empty),
+  // ordered by namespace, workload and container; what the agent uploads.
+  std::vector<v1::LearnedProfile> Profiles() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Grows by one with every change to the profiles (a new workload, a newly
+  // learned executable) and with every change of the learning settings, so
+  // that an uploader can tell whether Profiles() would differ from the last
+  // copy it sent.
+  uint64_t generation() const ABSL_LOCKS_EXCLUDED(mu_);
+
   size_t workloads() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
@@ -97,6 +108,7 @@ class Baseline {
   LearningSettings learning_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<std::string, Profile> profiles_ ABSL_GUARDED_BY(mu_);  // by WorkloadKey::Id()
   bool dirty_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Decides whether a token read was expected, from the policy, the learned

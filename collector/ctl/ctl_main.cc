@@ -5,6 +5,8 @@
 //                 [--limit N] [--json]
 //   tokenwatchctl [--collector HOST:PORT] findings watch [filters as above, no times] [--json]
 //   tokenwatchctl [--collector HOST:PORT] findings show ID      (also: finding ID)
+//   tokenwatchctl [--collector HOST:PORT] profile export [--namespace NS] [--workload GLOB]
+//                 [--node N]
 //   TLS: --tls-ca FILE [--tls-cert FILE --tls-key FILE]
 
 #include <chrono>
@@ -28,6 +30,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "collector/cli_args.h"
+#include "agent/detect/profile_policy.h"
 #include "collector/ctl/format.h"
 #include "tokenwatch/v1/collector.grpc.pb.h"
 
@@ -38,8 +41,12 @@ ABSL_FLAG(std::string, since, "",
 ABSL_FLAG(std::string, severity, "", "findings: at least this severe (low|medium|high|critical)");
 ABSL_FLAG(std::string, rule, "", "findings: only this rule id, e.g. TW002");
 ABSL_FLAG(std::string, namespace, "",
-          "findings: only those whose token owner or actor pod is in this namespace");
-ABSL_FLAG(std::string, node, "", "findings: only from this node");
+          "findings: only those whose token owner or actor pod is in this namespace; "
+          "profile export: only workloads in this namespace");
+ABSL_FLAG(std::string, node, "",
+          "findings: only from this node; profile export: only profiles learned on this node");
+ABSL_FLAG(std::string, workload, "",
+          "profile export: only workloads whose name matches this glob (api, web-*)");
 ABSL_FLAG(std::string, until, "",
           "findings list: only those last seen before this duration ago (10m) or RFC 3339 time");
 ABSL_FLAG(std::string, pod, "",
@@ -66,6 +73,8 @@ constexpr char kUsage[] =
     "       tokenwatchctl [--collector HOST:PORT] findings watch [--severity S] [--rule TWnnn] "
     "[--namespace NS] [--pod P] [--node N] [--json]\n"
     "       tokenwatchctl [--collector HOST:PORT] findings show ID   (or: finding ID)\n"
+    "       tokenwatchctl [--collector HOST:PORT] profile export [--namespace NS] "
+    "[--workload GLOB] [--node N]\n"
     "TLS: --tls-ca FILE [--tls-cert FILE --tls-key FILE]";
 
 int Fail(const std::string& message) {
@@ -263,6 +272,48 @@ int ShowFinding(std::shared_ptr<grpc::ChannelCredentials> credentials, const std
   return 0;
 }
 
+// Fetches every stored profile matching --namespace, --workload and --node (all pages), merges
+// each workload container's copies from all nodes and prints them as a `policy:` document.
+int ExportProfiles(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  tokenwatch::v1::ListProfilesRequest request;
+  request.set_namespace_(absl::GetFlag(FLAGS_namespace));
+  request.set_workload(absl::GetFlag(FLAGS_workload));
+  request.set_node(absl::GetFlag(FLAGS_node));
+  auto stub = Connect(credentials);
+  std::vector<tokenwatch::v1::LearnedProfile> copies;
+  // Every page but the last is full; an empty page that still names a next one ends the loop
+  // too, so a confused collector cannot keep us here.
+  bool more = true;
+  while (more) {
+    grpc::ClientContext context;
+    SetDeadline(&context);
+    tokenwatch::v1::ListProfilesResponse response;
+    grpc::Status status;
+    absl::Notification done;
+    stub->async()->ListProfiles(&context, &request, &response, [&](grpc::Status s) {
+      status = std::move(s);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    if (!status.ok()) return FailRpc(status);
+    for (tokenwatch::v1::LearnedProfile& p : *response.mutable_profiles()) {
+      copies.push_back(std::move(p));
+    }
+    request.set_page_token(response.next_page_token());
+    more = !request.page_token().empty() && response.profiles_size() > 0;
+  }
+  if (copies.empty()) {
+    // Still a valid (empty) policy on stdout, so a script can rely on it; the hint goes to
+    // stderr.
+    std::fprintf(stderr, "no learned profiles match\n");
+  }
+  std::fputs(tokenwatch::profiles::RenderPolicyYaml(
+                 tokenwatch::profiles::MergeProfiles(copies, absl::Now()))
+                 .c_str(),
+             stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -272,7 +323,8 @@ int main(int argc, char** argv) {
   std::vector<char*> dashed = DashesToUnderscores(argc, argv, &arg_storage);
   std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(dashed.size()), dashed.data());
   if (args.size() < 2) {
-    return Fail("missing subcommand: expected 'findings' or 'finding ID' (see --help)");
+    return Fail("missing subcommand: expected 'findings', 'finding ID' or 'profile export' "
+                "(see --help)");
   }
   const std::string command = args[1];
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = Credentials();
@@ -293,9 +345,19 @@ int main(int argc, char** argv) {
     return Fail(absl::StrCat("findings: unknown subcommand '", sub,
                              "' (expected list, watch or show)"));
   }
+  if (command == "profile" || command == "profiles") {
+    if (args.size() < 3 || std::string(args[2]) != "export") {
+      return Fail("profile: expected 'profile export' (see --help)");
+    }
+    if (args.size() > 3) {
+      return Fail(absl::StrCat("profile export: unexpected argument '", args[3], "'"));
+    }
+    return ExportProfiles(*credentials);
+  }
   if (command == "finding") {
     if (args.size() != 3) return Fail("finding: expected exactly one finding ID");
     return ShowFinding(*credentials, args[2]);
   }
-  return Fail(absl::StrCat("unknown subcommand '", command, "' (expected findings or finding)"));
+  return Fail(absl::StrCat("unknown subcommand '", command,
+                           "' (expected findings, finding or profile)"));
 }

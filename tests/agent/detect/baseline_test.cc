@@ -119,6 +119,47 @@ TEST(Baseline, ExportIsAPolicyTheAgentAccepts) {
   EXPECT_EQ((*filtered)->workloads().size(), 1u);
 }
 
+// What the agent uploads to the collector, and when it has something new to upload.
+TEST(Baseline, ProfilesAndGenerationFollowWhatWasLearned) {
+  auto b = Baseline::InMemory();
+  b->SetLearning({true, absl::Hours(1)});
+  const uint64_t empty = b->generation();
+  EXPECT_TRUE(b->Profiles().empty());
+  b->RecordTokenRead(Api(), "/usr/bin/helper", kT0);
+  b->RecordApiserverContact(Api(), "/app/server", kT0 + absl::Minutes(1));
+  const uint64_t learned = b->generation();
+  EXPECT_GT(learned, empty);
+  // Known readers, readers after the window and an unchanged setting are no news.
+  b->RecordTokenRead(Api(), "/usr/bin/helper", kT0 + absl::Minutes(2));
+  b->RecordTokenRead(Api(), "/tmp/new", kT0 + absl::Hours(2));
+  b->SetLearning({true, absl::Hours(1)});
+  EXPECT_EQ(b->generation(), learned);
+
+  std::vector<v1::LearnedProfile> profiles = b->Profiles();
+  ASSERT_EQ(profiles.size(), 1u);
+  const v1::LearnedProfile& p = profiles[0];
+  EXPECT_EQ(p.namespace_(), "payments");
+  EXPECT_EQ(p.workload(), "api");
+  EXPECT_EQ(p.container(), "/app/server");
+  EXPECT_EQ(p.service_account(), "api");
+  ASSERT_EQ(p.token_readers_size(), 1);
+  EXPECT_EQ(p.token_readers(0).path(), "/usr/bin/helper");
+  ASSERT_EQ(p.apiserver_clients_size(), 1);
+  EXPECT_EQ(p.apiserver_clients(0).path(), "/app/server");
+  EXPECT_EQ(absl::FromUnixSeconds(p.learning_started().seconds()), kT0);
+  EXPECT_EQ(absl::FromUnixSeconds(p.learning_ends().seconds()), kT0 + absl::Hours(1));
+  EXPECT_FALSE(p.learning_disabled());
+  EXPECT_TRUE(p.node().empty());
+
+  // A longer window (a policy reload) changes what the collector should hold.
+  b->SetLearning({true, absl::Hours(24)});
+  EXPECT_GT(b->generation(), learned);
+  EXPECT_EQ(absl::FromUnixSeconds(b->Profiles()[0].learning_ends().seconds()),
+            kT0 + absl::Hours(24));
+  b->SetLearning({false, absl::Hours(24)});
+  EXPECT_TRUE(b->Profiles()[0].learning_disabled());
+}
+
 // The Detector with policy and baseline: the quiet defaults of issue 5.
 class DetectorPolicyTest : public ::testing::Test {
  protected:
