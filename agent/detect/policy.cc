@@ -9,8 +9,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -39,13 +37,36 @@ absl::string_view Basename(absl::string_view path) {
   return slash == absl::string_view::npos ? path : path.substr(slash + 1);
 }
 
-std::string ReadWholeFile(const std::string& path, bool* ok) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  *ok = static_cast<bool>(in) || in.eof();
-  if (!in.is_open()) *ok = false;
-  return buffer.str();
+// The whole file, or false with errno's value in `error`. A directory is an
+// error here (EISDIR): read through a stream it looks like an empty file, an
+// empty policy that would silently replace the real one.
+bool ReadWholeFile(const std::string& path, std::string* text, int* error) {
+  text->clear();
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *error = errno;
+    return false;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+    *error = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    close(fd);
+    return false;
+  }
+  char buf[8192];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      *error = errno;
+      close(fd);
+      return false;
+    }
+    if (n == 0) break;
+    text->append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return true;
 }
 
 }  // namespace
@@ -358,11 +379,11 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(const std::string& t
 }
 
 absl::StatusOr<std::shared_ptr<const Policy>> Policy::LoadFile(const std::string& path) {
-  bool ok = false;
-  std::string text = ReadWholeFile(path, &ok);
-  if (!ok) {
+  std::string text;
+  int error = 0;
+  if (!ReadWholeFile(path, &text, &error)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("config ", path, ": cannot read the file: ", std::strerror(errno)));
+        absl::StrCat("config ", path, ": cannot read the file: ", std::strerror(error)));
   }
   return Parse(text, path);
 }
@@ -469,9 +490,9 @@ PolicyStore::PolicyStore(std::shared_ptr<const Policy> initial, std::string path
     : path_(std::move(path)), extra_check_(std::move(extra_check)), current_(std::move(initial)) {
   if (current_ == nullptr) current_ = std::make_shared<const Policy>();
   if (!path_.empty()) {
-    bool ok = false;
-    std::string text = ReadWholeFile(path_, &ok);
-    if (ok) loaded_content_ = std::move(text);
+    std::string text;
+    int error = 0;
+    if (ReadWholeFile(path_, &text, &error)) loaded_content_ = std::move(text);
   }
 }
 
@@ -482,8 +503,9 @@ std::shared_ptr<const Policy> PolicyStore::Current() const {
 
 absl::Status PolicyStore::Reload(bool only_if_changed) {
   if (path_.empty()) return absl::OkStatus();
-  bool ok = false;
-  std::string text = ReadWholeFile(path_, &ok);
+  std::string text;
+  int error = 0;
+  const bool ok = ReadWholeFile(path_, &text, &error);
   if (ok && only_if_changed) {
     absl::MutexLock lock(&mu_);
     if (text == loaded_content_) return absl::OkStatus();
@@ -492,7 +514,7 @@ absl::Status PolicyStore::Reload(bool only_if_changed) {
   std::shared_ptr<const Policy> parsed;
   if (!ok) {
     status = absl::InvalidArgumentError(
-        absl::StrCat("config ", path_, ": cannot read the file: ", std::strerror(errno)));
+        absl::StrCat("config ", path_, ": cannot read the file: ", std::strerror(error)));
   } else if (extra_check_ && !(status = extra_check_(path_)).ok()) {
     // The agent's own keys are checked too: a file the agent would refuse at
     // start must not half-apply.

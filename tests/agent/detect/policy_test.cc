@@ -1,5 +1,6 @@
 #include "agent/detect/policy.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -164,6 +165,16 @@ TEST(Policy, UnreadableFileIsAnError) {
       << p.status();
 }
 
+TEST(Policy, ADirectoryIsNotAnEmptyPolicy) {
+  char dir_template[] = "/tmp/policydirXXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  auto p = Policy::LoadFile(dir_template);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(std::string(p.status().message()),
+            std::string("config ") + dir_template + ": cannot read the file: Is a directory");
+  rmdir(dir_template);
+}
+
 TEST(Glob, ValidatesAndMatches) {
   EXPECT_TRUE(ValidateGlob("/usr/bin/*").ok());
   EXPECT_TRUE(ValidateGlob("a[]b]").ok());
@@ -220,6 +231,20 @@ TEST(PolicyStore, BadReloadKeepsOldPolicyAndIsCounted) {
   EXPECT_TRUE(store.Reload(true).ok());
   EXPECT_EQ(store.stats().successes, 1u);
   EXPECT_EQ(store.Current()->RuleSeverity("TW001", v1::SEVERITY_MEDIUM, nullptr), std::nullopt);
+  // A file replaced by a directory is rejected before anything else reads it.
+  std::remove(path.c_str());
+  ASSERT_EQ(mkdir(path.c_str(), 0700), 0);
+  bool checked = false;
+  PolicyStore guarded(*initial, path, [&](const std::string&) {
+    checked = true;
+    return absl::OkStatus();
+  });
+  EXPECT_FALSE(guarded.Reload().ok());
+  EXPECT_FALSE(checked);
+  EXPECT_EQ(guarded.Current()->RuleSeverity("TW001", v1::SEVERITY_MEDIUM, nullptr),
+            v1::SEVERITY_LOW);
+  rmdir(path.c_str());
+  { std::ofstream(path) << "policy:\n  rules:\n    TW001: off\n"; }
   // An extra check on the agent's own keys can veto a reload.
   PolicyStore vetoed(*initial, path,
                      [](const std::string&) { return absl::InvalidArgumentError("bad key"); });
