@@ -25,6 +25,22 @@ void FindingHub::Publish(const std::vector<const tokenwatch::v1::Finding*>& find
   }
 }
 
+void FindingHub::Publish(const std::vector<const StoredFinding*>& findings) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (watchers_.empty()) return;
+  }
+  std::vector<tokenwatch::v1::Finding> parsed(findings.size());
+  std::vector<const tokenwatch::v1::Finding*> ptrs;
+  ptrs.reserve(findings.size());
+  for (size_t i = 0; i < findings.size(); ++i) {
+    // Stored payloads were validated as findings on the way in; one that does not parse is
+    // not ours to show.
+    if (parsed[i].ParseFromString(findings[i]->payload)) ptrs.push_back(&parsed[i]);
+  }
+  Publish(ptrs);
+}
+
 Ingest::Ingest(FindingStore* store, FindingHub* hub, size_t max_batch)
     : store_(store), hub_(hub), max_batch_(max_batch) {
   thread_ = std::thread([this] { Run(); });
@@ -38,16 +54,16 @@ Ingest::~Ingest() {
   thread_.join();
 }
 
-void Ingest::Submit(tokenwatch::v1::Finding finding, Done done) {
+void Ingest::Submit(StoredFinding finding, Done done) {
   absl::MutexLock lock(&mu_);
   queue_.push_back(Item{std::move(finding), std::move(done)});
 }
 
 void Ingest::Run() {
   std::vector<Item> batch;
-  std::vector<const tokenwatch::v1::Finding*> findings;
+  std::vector<const StoredFinding*> findings;
   std::vector<bool> changed;
-  std::vector<const tokenwatch::v1::Finding*> published;
+  std::vector<const StoredFinding*> published;
   for (;;) {
     batch.clear();
     {

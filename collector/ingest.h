@@ -28,6 +28,8 @@ class FindingHub {
   void Unsubscribe(uint64_t id) ABSL_LOCKS_EXCLUDED(mu_);
   void Publish(const std::vector<const tokenwatch::v1::Finding*>& findings)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The same for stored rows: their payloads are parsed only when someone watches.
+  void Publish(const std::vector<const StoredFinding*>& findings) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Watcher {
@@ -57,11 +59,12 @@ class Ingest {
   Ingest(const Ingest&) = delete;
   Ingest& operator=(const Ingest&) = delete;
 
-  void Submit(tokenwatch::v1::Finding finding, Done done) ABSL_LOCKS_EXCLUDED(mu_);
+  // `finding` is a validated finding in its stored form (ToStored).
+  void Submit(StoredFinding finding, Done done) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Item {
-    tokenwatch::v1::Finding finding;
+    StoredFinding finding;
     Done done;
   };
   void Run();

@@ -183,65 +183,89 @@ absl::StatusOr<std::unique_ptr<FindingStore>> FindingStore::Open(const std::stri
 }
 
 FindingStore::~FindingStore() {
+  sqlite3_finalize(upsert_);
   sqlite3_close(read_db_);
   sqlite3_close(write_db_);
+}
+
+StoredFinding ToStored(const Finding& finding, std::string payload) {
+  StoredFinding row;
+  row.id = absl::AsciiStrToLower(finding.id());
+  row.node = finding.node();
+  row.time_ns = UnixNanos(finding.time());
+  row.last_seen_ns =
+      UnixNanos(finding.has_last_seen() ? finding.last_seen() : finding.time());
+  row.rule_id = finding.rule_id();
+  row.severity = finding.severity();
+  row.owner_namespace = finding.token().owner().namespace_();
+  row.actor_namespace = finding.process().pod().namespace_();
+  row.owner_pod = finding.token().owner().name();
+  row.actor_pod = finding.process().pod().name();
+  row.count = ClampCount(finding.count());
+  row.payload = std::move(payload);
+  if (row.payload.empty()) finding.SerializeToString(&row.payload);
+  return row;
 }
 
 absl::Status FindingStore::Upsert(const Finding& finding) {
   return Upsert(std::vector<const Finding*>{&finding});
 }
 
-absl::Status FindingStore::Upsert(const std::vector<const Finding*>& findings,
+absl::Status FindingStore::Upsert(const std::vector<const Finding*>& findings) {
+  std::vector<StoredFinding> rows;
+  rows.reserve(findings.size());
+  for (const Finding* f : findings) rows.push_back(ToStored(*f));
+  std::vector<const StoredFinding*> ptrs;
+  ptrs.reserve(rows.size());
+  for (const StoredFinding& row : rows) ptrs.push_back(&row);
+  return Upsert(ptrs);
+}
+
+absl::Status FindingStore::Upsert(const std::vector<const StoredFinding*>& findings,
                                   std::vector<bool>* changed) {
   if (changed != nullptr) changed->assign(findings.size(), false);
   absl::MutexLock lock(&write_mu_);
-  absl::StatusOr<Stmt> stmt = Prepare(write_db_, kUpsert);
-  if (!stmt.ok()) return stmt.status();
+  if (upsert_ == nullptr &&
+      sqlite3_prepare_v3(write_db_, kUpsert, -1, SQLITE_PREPARE_PERSISTENT, &upsert_,
+                         nullptr) != SQLITE_OK) {
+    return SqliteError(write_db_, "prepare statement");
+  }
   if (absl::Status s = Exec(write_db_, "BEGIN IMMEDIATE"); !s.ok()) return s;
 
   auto fail = [&](absl::Status status) {
+    sqlite3_reset(upsert_);
     sqlite3_exec(write_db_, "ROLLBACK", nullptr, nullptr, nullptr);
     return status;
   };
-  std::string payload;
+  // The strings outlive the step, so SQLite need not copy them (SQLITE_STATIC).
+  auto text = [&](int column, const std::string& value) {
+    sqlite3_bind_text(upsert_, column, value.data(), static_cast<int>(value.size()),
+                      SQLITE_STATIC);
+  };
   for (size_t i = 0; i < findings.size(); ++i) {
-    const Finding* finding = findings[i];
-    if (!finding->SerializeToString(&payload)) {
-      return fail(absl::InternalError("serialize finding"));
-    }
-    const std::string id = absl::AsciiStrToLower(finding->id());
-    const google::protobuf::Timestamp& last_seen =
-        finding->has_last_seen() ? finding->last_seen() : finding->time();
-    sqlite3_stmt* s = stmt->get();
+    const StoredFinding& f = *findings[i];
+    sqlite3_stmt* s = upsert_;
     sqlite3_reset(s);
-    sqlite3_bind_text(s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_text(s, 2, finding->node().data(), static_cast<int>(finding->node().size()),
-                      SQLITE_TRANSIENT);
-    sqlite3_bind_int64(s, 3, UnixNanos(finding->time()));
-    sqlite3_bind_int64(s, 4, UnixNanos(last_seen));
-    sqlite3_bind_text(s, 5, finding->rule_id().data(),
-                      static_cast<int>(finding->rule_id().size()), SQLITE_TRANSIENT);
-    sqlite3_bind_int(s, 6, finding->severity());
-    const std::string& owner_ns = finding->token().owner().namespace_();
-    const std::string& actor_ns = finding->process().pod().namespace_();
-    sqlite3_bind_text(s, 7, owner_ns.data(), static_cast<int>(owner_ns.size()),
-                      SQLITE_TRANSIENT);
-    sqlite3_bind_text(s, 8, actor_ns.data(), static_cast<int>(actor_ns.size()),
-                      SQLITE_TRANSIENT);
-    sqlite3_bind_int64(s, 9, ClampCount(finding->count()));
-    sqlite3_bind_blob(s, 10, payload.data(), static_cast<int>(payload.size()), SQLITE_TRANSIENT);
-    const std::string& owner_pod = finding->token().owner().name();
-    const std::string& actor_pod = finding->process().pod().name();
-    sqlite3_bind_text(s, 11, owner_pod.data(), static_cast<int>(owner_pod.size()),
-                      SQLITE_TRANSIENT);
-    sqlite3_bind_text(s, 12, actor_pod.data(), static_cast<int>(actor_pod.size()),
-                      SQLITE_TRANSIENT);
+    text(1, f.id);
+    text(2, f.node);
+    sqlite3_bind_int64(s, 3, f.time_ns);
+    sqlite3_bind_int64(s, 4, f.last_seen_ns);
+    text(5, f.rule_id);
+    sqlite3_bind_int(s, 6, f.severity);
+    text(7, f.owner_namespace);
+    text(8, f.actor_namespace);
+    sqlite3_bind_int64(s, 9, f.count);
+    sqlite3_bind_blob(s, 10, f.payload.data(), static_cast<int>(f.payload.size()),
+                      SQLITE_STATIC);
+    text(11, f.owner_pod);
+    text(12, f.actor_pod);
     if (sqlite3_step(s) != SQLITE_DONE) {
       return fail(SqliteError(write_db_, "store finding"));
     }
     if (changed != nullptr) (*changed)[i] = sqlite3_changes(write_db_) > 0;
   }
-  stmt->reset();
+  sqlite3_reset(upsert_);
+  sqlite3_clear_bindings(upsert_);
   if (absl::Status s = Exec(write_db_, "COMMIT"); !s.ok()) return fail(s);
   return absl::OkStatus();
 }

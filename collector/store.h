@@ -46,6 +46,28 @@ struct FindingPage {
   std::string next_page_token;
 };
 
+// One finding as the store keeps it: the columns queries filter on, and the whole Finding
+// serialized. Built on the receiving thread, so the committer only binds and steps.
+struct StoredFinding {
+  std::string id;  // lower case: ids compare case-insensitively
+  std::string node;
+  int64_t time_ns = 0;
+  int64_t last_seen_ns = 0;  // last_seen, or time when the finding has none
+  std::string rule_id;
+  int severity = 0;
+  std::string owner_namespace;
+  std::string actor_namespace;
+  std::string owner_pod;
+  std::string actor_pod;
+  int64_t count = 0;
+  // The serialized Finding: the bytes the agent sent, or `finding` serialized again.
+  std::string payload;
+};
+
+// The stored form of a validated `finding`. `payload` must parse to `finding` (the agent's own
+// bytes of it); when empty, the finding is serialized.
+StoredFinding ToStored(const tokenwatch::v1::Finding& finding, std::string payload = "");
+
 // Whether `finding` passes the query's filters (limit and paging aside); what WatchFindings
 // applies to live findings, with the same meaning as List's SQL.
 bool MatchesQuery(const FindingQuery& query, const tokenwatch::v1::Finding& finding);
@@ -79,8 +101,10 @@ class FindingStore {
   // same finding changes nothing. Findings must already be validated (see validate.h).
   // When `changed` is given, it gets one flag per finding: whether the row was inserted or
   // updated (false for an identical re-send).
-  absl::Status Upsert(const std::vector<const tokenwatch::v1::Finding*>& findings,
+  absl::Status Upsert(const std::vector<const StoredFinding*>& findings,
                       std::vector<bool>* changed = nullptr) ABSL_LOCKS_EXCLUDED(write_mu_);
+  absl::Status Upsert(const std::vector<const tokenwatch::v1::Finding*>& findings)
+      ABSL_LOCKS_EXCLUDED(write_mu_);
   absl::Status Upsert(const tokenwatch::v1::Finding& finding) ABSL_LOCKS_EXCLUDED(write_mu_);
 
   // Matching findings, newest (by last_seen, then id) first: the first page of ListPage.
@@ -102,6 +126,8 @@ class FindingStore {
 
   absl::Mutex write_mu_;
   sqlite3* const write_db_ ABSL_PT_GUARDED_BY(write_mu_);
+  // The upsert statement, prepared once (finalized in the destructor).
+  sqlite3_stmt* upsert_ ABSL_GUARDED_BY(write_mu_) = nullptr;
   absl::Mutex read_mu_;
   sqlite3* const read_db_ ABSL_PT_GUARDED_BY(read_mu_);
 };

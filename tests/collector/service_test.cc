@@ -144,6 +144,8 @@ TEST_F(CollectorServiceTest, StreamedFindingsAreAckedAndListable) {
   Finding got;
   ASSERT_TRUE(stub_->GetFinding(&get_ctx, get, &got).ok());
   EXPECT_EQ(got.process().exe(), "/bin/cat");
+  // The collector stores the agent's own bytes of the finding: they must be that finding.
+  EXPECT_EQ(got.SerializeAsString(), TestFinding(3).SerializeAsString());
 }
 
 TEST_F(CollectorServiceTest, AcksOnlyTheContiguousRun) {
