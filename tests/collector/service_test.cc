@@ -125,8 +125,10 @@ TEST_F(CollectorServiceTest, StreamedFindingsAreAckedAndListable) {
   auto stream = stub_->Report(&ctx);
   ASSERT_TRUE(stream->Write(Hello()));
   absl::Time start = absl::Now();
+  std::vector<Finding> sent;
   for (uint64_t seq = 1; seq <= 5; ++seq) {
-    ASSERT_TRUE(stream->Write(Sequenced(seq, TestFinding(static_cast<uint32_t>(seq)))));
+    sent.push_back(TestFinding(static_cast<uint32_t>(seq)));
+    ASSERT_TRUE(stream->Write(Sequenced(seq, sent.back())));
   }
   ExpectAck(stream.get(), 5);
   // The agent's spool depends on prompt acks; allow generous slack for a loaded CI machine.
@@ -145,7 +147,7 @@ TEST_F(CollectorServiceTest, StreamedFindingsAreAckedAndListable) {
   ASSERT_TRUE(stub_->GetFinding(&get_ctx, get, &got).ok());
   EXPECT_EQ(got.process().exe(), "/bin/cat");
   // The collector stores the agent's own bytes of the finding: they must be that finding.
-  EXPECT_EQ(got.SerializeAsString(), TestFinding(3).SerializeAsString());
+  EXPECT_EQ(got.SerializeAsString(), sent[2].SerializeAsString());
 }
 
 TEST_F(CollectorServiceTest, AcksOnlyTheContiguousRun) {
