@@ -1452,25 +1452,25 @@ def storm_count_notes(st):
         short = e["opens"] - e["count_sum"]
         lost = (e["ring_drops"] or 0) + (e["fanotify_overflows"] or 0)
         counted = e.get("agent_counted")
+        why = []
         if counted is not None and counted > e["count_sum"]:
-            why = ("the agent counted %.0f opens but its findings file carries %d after a clean "
-                   "stop: the grown folds were not exported at shutdown (or window end)" % (
-                       counted, e["count_sum"]))
-        elif lost and short <= lost:
-            why = ("the lost records (%.0f) are opens no finding can count; without drops the "
-                   "counts would add up" % lost)
-        elif mode == "fanotify" or e.get("resolved_mode") == "fanotify":
-            why = ("%.0f records for %d opens and no overflow: the kernel merges a queued "
-                   "fanotify event into an identical unread one (same file, same process), "
-                   "so the events the agent reads stand for more opens than they say, and a "
-                   "count of events is only a lower bound of the opens" % (
-                       e["records"] or 0, e["opens"]))
-        else:
-            why = ("%.0f records, %.0f lost, %.0f folded: the opens folded in the kernel did "
-                   "not all reach a finding's count" % (e["records"] or 0, lost,
-                                                        e["folded"] or 0))
+            why.append("the agent counted %.0f opens but its findings file carries %d after a "
+                       "clean stop: the grown folds were not exported at shutdown" % (
+                           counted, e["count_sum"]))
+        seen = counted if counted is not None else e["count_sum"]
+        if lost:
+            why.append("%.0f records were lost (ring drops and fanotify overflows), opens no "
+                       "finding can count" % lost)
+        elif seen < e["opens"] and e.get("resolved_mode") == "fanotify":
+            why.append("with no overflow the agent still saw only %.0f of the opens: the kernel "
+                       "merges a queued fanotify event into an identical unread one (same "
+                       "file, same process), so each event read can stand for several opens "
+                       "and a count of events is a lower bound of the opens" % seen)
+        elif seen < e["opens"]:
+            why.append("%.0f records and %.0f folded opens: opens folded in the kernel did not "
+                       "all reach the agent" % (e["records"] or 0, e["folded"] or 0))
         notes.append("reread storm, %s: the findings count %d of %d opens (%d short): %s." % (
-            mode, e["count_sum"], e["opens"], short, why))
+            mode, e["count_sum"], e["opens"], short, "; ".join(why) or "cause unknown"))
     return notes
 
 
