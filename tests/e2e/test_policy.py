@@ -100,6 +100,8 @@ def policy_yaml(reader_sha, extra_allowed=()):
              "      executables:"]
     lines += ["        - %s" % a for a in allowed]
     lines += ["        - exe: /opt/pinned/reader", "          sha256: %s" % reader_sha]
+    # Pinned to other content: the reader there is not the allowed binary.
+    lines += ["        - exe: /opt/badsha/reader", "          sha256: %s" % ("0" * 64)]
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +211,10 @@ class PolicyScenarios(unittest.TestCase):
 
     def test_30_allowlist_by_path_and_sha256_copy_elsewhere_raises(self):
         self.assert_quiet(["/opt/allowed/reader", "/opt/pinned/reader"], "/opt/copied/reader")
+        # The path is allowed only with another sha256: this binary raises.
+        self.launch("/opt/badsha/reader")
+        f = self.wait_for("/opt/badsha/reader")[0]
+        self.assertEqual(f.get("ruleId"), "TW001", base.describe(f))
 
     def test_40_shell_is_high_even_when_learning_would_allow(self):
         # busybox cat started by the entrypoint: not an exec session, still a tool.
@@ -224,7 +230,8 @@ class PolicyScenarios(unittest.TestCase):
         f = self.wait_for("/opt/tool/busybox.pcat")[0]
         self.assertEqual(f.get("ruleId"), "TW001", base.describe(f))
         self.assertEqual(f.get("severity"), "SEVERITY_HIGH", base.describe(f))
-        self.assertIn("shell, interpreter or transfer tool", f.get("summary", ""))
+        self.assertEqual(f.get("severityReasons"),
+                         ["reader is a shell, interpreter or transfer tool"], base.describe(f))
 
     def test_50_rejected_reload_keeps_policy_good_reload_applies(self):
         def count(words):
@@ -239,6 +246,22 @@ class PolicyScenarios(unittest.TestCase):
             time.sleep(0.2)
         self.assertIn("key 'policy.workloads[1].bogus': unknown key", self.tw.agent_stderr())
         # Written in place, the half-written file must not have been applied.
+        self.assertEqual(count("policy reloaded"), reloaded, self.tw.agent_stderr()[-2000:])
+        # More bad files, each rejected with its own error; none applies.
+        good = policy_yaml(self.reader_sha)
+        for bad, words in (
+                (good.replace("workload: api", "workload: 'api-[x'"), "bad glob 'api-[x'"),
+                (good.replace("window: %ds" % WINDOW_S, "window: soon"),
+                 "key 'policy.learning.window': 'soon' is not a positive duration"),
+                (good.replace("log_level: info", "log_level: loud"), "key 'log_level'")):
+            rejected = count("policy reload rejected")
+            self.write_config(bad)
+            deadline = time.monotonic() + 10
+            while count("policy reload rejected") <= rejected:
+                self.assertLess(time.monotonic(), deadline, "not rejected: %s\n%s" % (
+                    words, self.tw.agent_stderr()[-2000:]))
+                time.sleep(0.2)
+            self.assertIn(words, self.tw.agent_stderr())
         self.assertEqual(count("policy reloaded"), reloaded, self.tw.agent_stderr()[-2000:])
         self.assert_quiet(["/opt/allowed/reader"], "/opt/new4/reader")
         self.write_config(policy_yaml(self.reader_sha, ["/opt/added/reader"]))
@@ -278,40 +301,83 @@ class PolicyScenarios(unittest.TestCase):
 
 
 class PolicyConfigErrors(unittest.TestCase):
-    """A bad policy stops the agent at start with one line naming file, line
+    """A bad config stops the agent at start with one line naming file, line
     and key (exit 2), before it needs BPF."""
 
+    # (config text, words the one-line error must contain after "config PATH")
     CASES = [
+        # unknown keys
         ("policy:\n  workloads:\n    - namespace: a\n      exe: /x\n",
          ":4: key 'policy.workloads[0].exe': unknown key"),
-        ("policy:\n  learning:\n    window: soon\n", ":3: key 'policy.learning.window'"),
-        ("policy:\n  workloads:\n    - workload: 'a[b'\n", "bad glob 'a[b'"),
-        ("policy:\n  workloads: 3\n", "key 'policy.workloads': expected a list"),
+        ("bogus_key: 1\n", ":1: unknown key 'bogus_key'"),
+        ("policy:\n  workloads:\n    - executables:\n        - {exe: /x, sha: 1}\n",
+         ":4: key 'policy.workloads[0].executables[0].sha': unknown key (known: exe, sha256)"),
+        # wrong types
+        ("policy:\n  workloads: 3\n", ":2: key 'policy.workloads': expected a list"),
+        ("policy:\n  workloads:\n    - apiserver_contact: maybe\n",
+         ":3: key 'policy.workloads[0].apiserver_contact': 'maybe' is not true or false"),
+        ("lineage_depth: many\n", ":1: key 'lineage_depth': 'many' is not a whole number"),
+        # bad globs and paths
+        ("policy:\n  workloads:\n    - workload: 'a[b'\n",
+         ":3: key 'policy.workloads[0].workload': bad glob 'a[b'"),
+        ("policy:\n  workloads:\n    - executables: [vault]\n",
+         ":3: key 'policy.workloads[0].executables[0]': 'vault' is not a full path"),
+        ("policy:\n  host_executables:\n    - {exe: /bin/x, sha256: abc}\n",
+         ":3: key 'policy.host_executables[0].sha256': 'abc' is not 64 hexadecimal digits"),
+        # bad durations
+        ("policy:\n  learning:\n    window: soon\n",
+         ":3: key 'policy.learning.window': 'soon' is not a positive duration"),
+        ("dedup_window: 10 minutes\n", ":1: key 'dedup_window': '10 minutes' is not a duration"),
+        # duplicates, rules, syntax
         ("policy:\n  workloads:\n    - {namespace: a}\n    - {namespace: a}\n",
-         "duplicate workload"),
-        ("policy:\n  rules:\n    TW001: loud\n", "key 'policy.rules.TW001'"),
+         ":4: key 'policy.workloads[1]': duplicate workload"),
+        ("policy:\n  rules:\n    TW001: loud\n",
+         ":3: key 'policy.rules.TW001': 'loud' is not one of off, low, medium, high, critical"),
+        ("policy:\n  rules:\n    TW999: off\n", ":3: key 'policy.rules.TW999': unknown rule"),
+        ("policy:\n  rules: {TW001: low\n", ":3: "),
     ]
 
-    def test_each_bad_config_is_one_clear_line(self):
-        agent = simnode.find_binary(base.BIN_DIR, "tokenwatch-agent", "TOKENWATCH_AGENT")
-        if agent is None:
+    def setUp(self):
+        self.agent = simnode.find_binary(base.BIN_DIR, "tokenwatch-agent", "TOKENWATCH_AGENT")
+        if self.agent is None:
             self.skipTest("tokenwatch-agent not built")
+
+    def run_agent(self, path, state_dir, user=None):
+        argv = [self.agent, "--config", path, "--state-dir", state_dir]
+        if user is not None:
+            argv = ["setpriv", "--reuid", str(user), "--regid", str(user),
+                    "--clear-groups"] + argv
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    def assert_one_line(self, res, path, words, what):
+        self.assertEqual(res.returncode, 2, "%s: exit %d: %s" % (what, res.returncode,
+                                                                 res.stderr))
+        err = res.stderr.strip()
+        self.assertEqual(len(err.splitlines()), 1, "%s: %s" % (what, err))
+        self.assertIn("config %s%s" % (path, words), err, what)
+
+    def test_each_bad_config_is_one_clear_line(self):
+        self.assertGreaterEqual(len(self.CASES), 10)
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "agent.yaml")
             for text, words in self.CASES:
                 with open(path, "w") as f:
                     f.write(text)
-                res = subprocess.run([agent, "--config", path, "--state-dir", tmp],
-                                     capture_output=True, text=True, timeout=30)
-                self.assertEqual(res.returncode, 2, "%r: %s" % (text, res.stderr))
-                err = res.stderr.strip()
-                self.assertEqual(len(err.splitlines()), 1, err)
-                self.assertIn("config %s" % path, err)
-                self.assertIn(words, err)
-            res = subprocess.run([agent, "--config", os.path.join(tmp, "missing.yaml")],
-                                 capture_output=True, text=True, timeout=30)
-            self.assertNotEqual(res.returncode, 0)
-            self.assertIn("missing.yaml", res.stderr)
+                self.assert_one_line(self.run_agent(path, tmp), path, words, repr(text))
+
+    def test_missing_and_unreadable_files(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            missing = os.path.join(tmp, "missing.yaml")
+            self.assert_one_line(self.run_agent(missing, tmp), missing, ": cannot read",
+                                 "missing file")
+            # Root reads any file: an unprivileged user meets a mode-000 one.
+            os.chmod(tmp, 0o755)
+            unreadable = os.path.join(tmp, "unreadable.yaml")
+            with open(unreadable, "w") as f:
+                f.write("log_level: info\n")
+            os.chmod(unreadable, 0)
+            self.assert_one_line(self.run_agent(unreadable, tmp, user=65534), unreadable,
+                                 ": cannot read", "unreadable file")
 
 
 if __name__ == "__main__":
