@@ -146,6 +146,11 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
     return s;
   }
   if (absl::Status s =
+          CheckStrings("finding.severity_reasons", f.severity_reasons(), kMaxListEntries);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
           CheckStrings("finding.token.audiences", f.token().audiences(), kMaxListEntries);
       !s.ok()) {
     return s;

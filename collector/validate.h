@@ -17,7 +17,7 @@ inline constexpr size_t kMaxStringBytes = 4096;
 inline constexpr int kMaxArgv = 256;
 inline constexpr int kMaxAncestors = 64;
 inline constexpr int kMaxConnections = 1024;
-inline constexpr int kMaxListEntries = 64;  // mitre ids, audiences
+inline constexpr int kMaxListEntries = 64;  // mitre ids, severity reasons, audiences
 // How far in the future a finding's time may lie: agents' clocks drift, but a finding from
 // next year is a bug or a forgery and would sort above everything real.
 inline constexpr absl::Duration kMaxClockSkew = absl::Hours(24);

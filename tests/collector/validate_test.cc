@@ -82,6 +82,12 @@ TEST(ValidateFinding, BoundsStringsAndLists) {
   for (int i = 0; i <= kMaxConnections; ++i) f.add_connections();
   EXPECT_THAT(Problem(f), HasSubstr("finding.connections"));
   f = TestFinding(1);
+  for (int i = 0; i <= kMaxListEntries; ++i) f.add_severity_reasons("a reason");
+  EXPECT_THAT(Problem(f), HasSubstr("finding.severity_reasons"));
+  f = TestFinding(1);
+  f.add_severity_reasons(huge);
+  EXPECT_THAT(Problem(f), HasSubstr("finding.severity_reasons[0]"));
+  f = TestFinding(1);
   f.add_connections()->set_port(70000);
   EXPECT_THAT(Problem(f), HasSubstr("finding.connections[0].port"));
   // Exactly at the bound is fine.
