@@ -279,6 +279,33 @@ class DeliveryScenarios(unittest.TestCase):
             self.assertEqual(len(stored[m]), 1, m)
 
 
+    def test_a_full_spool_drop_is_reported_after_an_agent_sigkill(self):
+        run = self.run_for("fullkill", agent_config="spool_max_bytes: 16KiB\n")
+        run.start_agent()
+        markers = ["cat.k%03d" % i for i in range(40)]
+        for m in markers:
+            run.read_token(m)
+        self.wait_local(run, markers)
+        run.wait(lambda: (run.tw.metric_value("tokenwatch_export_dropped_total") or 0) > 0,
+                 "tokenwatch_export_dropped_total to count the drops")
+        time.sleep(0.5)  # past the spool's fsync interval
+        # Killed before any report could be made: the count lives only in the spool's files.
+        run.kill_agent()
+        run.start_collector()
+        run.start_agent()
+        run.wait(lambda: by_marker(run.stored(), [markers[-1]])[markers[-1]],
+                 "the newest finding")
+        dropped = run.wait(lambda: [f for f in run.stored() if f.get("ruleId") == "TW091"],
+                           "the TW091 finding for drops made before the SIGKILL")
+        time.sleep(1)
+        dropped = [f for f in run.stored() if f.get("ruleId") == "TW091"]
+        stored = by_marker(run.stored(), markers)
+        missing = [m for m in markers if not stored[m]]
+        self.assertTrue(missing, "16 KiB held all 40 findings; the test needs more")
+        self.assertEqual(missing, markers[:len(missing)], "only the oldest may be dropped")
+        self.assertGreaterEqual(sum(int(f.get("count", 0)) for f in dropped), len(missing))
+
+
 class TlsDelivery(unittest.TestCase):
     """The agent over mutual TLS, with certificates from collector/tls/make-test-ca.sh."""
 
