@@ -1,8 +1,8 @@
 #include "collector/peer_names.h"
 
-#include <memory>
-
 #include <grpcpp/grpcpp.h>
+
+#include <memory>
 
 namespace tokenwatch::collector {
 

@@ -1,9 +1,9 @@
 #pragma once
 
+#include <grpcpp/server_context.h>
+
 #include <set>
 #include <string>
-
-#include <grpcpp/server_context.h>
 
 namespace tokenwatch::collector {
 

@@ -1,13 +1,13 @@
 #include "collector/profile_service.h"
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdio>
 #include <set>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -33,8 +33,7 @@ absl::Status CheckFilter(const char* field, const std::string& value) {
 
 absl::Status ValidateUploadProfilesRequest(const tokenwatch::v1::UploadProfilesRequest& request,
                                            absl::Time now) {
-  if (absl::Status s = profiles::ValidateName("node", request.node(), /*required=*/true);
-      !s.ok()) {
+  if (absl::Status s = profiles::ValidateName("node", request.node(), /*required=*/true); !s.ok()) {
     return s;
   }
   if (absl::Status s = profiles::ValidateName("agent_id", request.agent_id(), false); !s.ok()) {
@@ -54,9 +53,9 @@ absl::Status ValidateUploadProfilesRequest(const tokenwatch::v1::UploadProfilesR
           absl::StrCat(field, ".node: '", p.node(), "' is not the uploading node"));
     }
     if (!seen.emplace(p.namespace_(), p.workload(), p.container()).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": a second profile for ", p.namespace_(), "/", p.workload(), " container '",
-          p.container(), "'"));
+      return absl::InvalidArgumentError(absl::StrCat(field, ": a second profile for ",
+                                                     p.namespace_(), "/", p.workload(),
+                                                     " container '", p.container(), "'"));
     }
   }
   return absl::OkStatus();
@@ -64,10 +63,10 @@ absl::Status ValidateUploadProfilesRequest(const tokenwatch::v1::UploadProfilesR
 
 absl::StatusOr<ProfileQuery> ProfileQueryFromRequest(
     const tokenwatch::v1::ListProfilesRequest& request) {
-  for (auto [field, value] : {std::pair<const char*, const std::string*>{"namespace",
-                                                                         &request.namespace_()},
-                              {"workload", &request.workload()},
-                              {"node", &request.node()}}) {
+  for (auto [field, value] :
+       {std::pair<const char*, const std::string*>{"namespace", &request.namespace_()},
+        {"workload", &request.workload()},
+        {"node", &request.node()}}) {
     if (absl::Status s = CheckFilter(field, *value); !s.ok()) return s;
   }
   if (request.limit() > ProfileStore::kMaxListLimit) {
@@ -115,8 +114,8 @@ grpc::ServerUnaryReactor* ProfileRpcs::Upload(grpc::CallbackServerContext* conte
   }
   std::vector<LearnedProfile> profiles(request->profiles().begin(), request->profiles().end());
   if (absl::Status s = store_->ReplaceNode(request->node(), profiles, now); !s.ok()) {
-    return finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                               absl::StrCat("store profiles: ", s.message())));
+    return finish(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, absl::StrCat("store profiles: ", s.message())));
   }
   response->set_stored(static_cast<uint32_t>(profiles.size()));
   return finish(grpc::Status::OK);

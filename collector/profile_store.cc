@@ -89,10 +89,9 @@ struct Key {
 };
 
 std::string EncodeToken(const Key& key) {
-  return absl::WebSafeBase64Escape(absl::StrCat(key.namespace_name, std::string(1, kKeySeparator),
-                                                key.workload, std::string(1, kKeySeparator),
-                                                key.container, std::string(1, kKeySeparator),
-                                                key.node));
+  return absl::WebSafeBase64Escape(absl::StrCat(
+      key.namespace_name, std::string(1, kKeySeparator), key.workload,
+      std::string(1, kKeySeparator), key.container, std::string(1, kKeySeparator), key.node));
 }
 
 absl::StatusOr<Key> DecodeToken(const std::string& token) {
@@ -111,12 +110,11 @@ absl::StatusOr<Key> DecodeToken(const std::string& token) {
 
 absl::StatusOr<std::unique_ptr<ProfileStore>> ProfileStore::Open(const std::string& path) {
   sqlite3* db = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &db,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+  int rc = sqlite3_open_v2(
+      path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
-    absl::Status status = absl::UnavailableError(absl::StrCat(
-        "open database ", path, ": ", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
+    absl::Status status = absl::UnavailableError(
+        absl::StrCat("open database ", path, ": ", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
     sqlite3_close(db);
     return status;
   }
@@ -179,8 +177,8 @@ absl::StatusOr<ProfilePage> ProfileStore::List(const ProfileQuery& query) {
     if (!key.ok()) return key.status();
     after = *std::move(key);
   }
-  const uint32_t limit = query.limit == 0 ? kDefaultListLimit
-                                          : std::min(query.limit, kMaxListLimit);
+  const uint32_t limit =
+      query.limit == 0 ? kDefaultListLimit : std::min(query.limit, kMaxListLimit);
   absl::MutexLock lock(&mu_);
   absl::StatusOr<Stmt> stmt = Prepare(db_, kList);
   if (!stmt.ok()) return stmt.status();

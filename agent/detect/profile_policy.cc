@@ -36,9 +36,9 @@ std::string Provenance(const WorkloadProfile& w) {
     constexpr size_t kNamed = 5;  // a DaemonSet's profile may come from hundreds of nodes
     std::vector<std::string> named(w.nodes.begin(),
                                    w.nodes.begin() + std::min(kNamed, w.nodes.size()));
-    where = absl::StrCat("learned on ", w.nodes.size(), w.nodes.size() == 1 ? " node (" : " nodes (",
-                         absl::StrJoin(named, ", "),
-                         w.nodes.size() > kNamed ? ", ..." : "", "); ");
+    where =
+        absl::StrCat("learned on ", w.nodes.size(), w.nodes.size() == 1 ? " node (" : " nodes (",
+                     absl::StrJoin(named, ", "), w.nodes.size() > kNamed ? ", ..." : "", "); ");
   }
   std::string state;
   if (w.still_learning == 0) {
@@ -49,8 +49,8 @@ std::string Provenance(const WorkloadProfile& w) {
   } else {
     state = absl::StrCat("learning still open, until ", Rfc3339(TimeOf(w.merged.learning_ends())));
   }
-  std::string text = absl::StrCat(where, "first seen ", Rfc3339(TimeOf(w.merged.learning_started())), "; ",
-                                  state);
+  std::string text =
+      absl::StrCat(where, "first seen ", Rfc3339(TimeOf(w.merged.learning_started())), "; ", state);
   // A comment is one line: a control character in a node name must not end it early and
   // start a line of YAML.
   for (char& c : text) {
@@ -122,8 +122,7 @@ absl::Status ValidateProfile(const v1::LearnedProfile& p, const std::string& fie
         {"workload", &p.workload(), true},
         {"service_account", &p.service_account(), false},
         {"node", &p.node(), false}}) {
-    if (absl::Status s = ValidateName(absl::StrCat(field, ".", name), *value, required);
-        !s.ok()) {
+    if (absl::Status s = ValidateName(absl::StrCat(field, ".", name), *value, required); !s.ok()) {
       return s;
     }
   }
@@ -131,13 +130,13 @@ absl::Status ValidateProfile(const v1::LearnedProfile& p, const std::string& fie
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = ValidateExecutables(absl::StrCat(field, ".token_readers"),
-                                           p.token_readers());
+  if (absl::Status s =
+          ValidateExecutables(absl::StrCat(field, ".token_readers"), p.token_readers());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = ValidateExecutables(absl::StrCat(field, ".apiserver_clients"),
-                                           p.apiserver_clients());
+  if (absl::Status s =
+          ValidateExecutables(absl::StrCat(field, ".apiserver_clients"), p.apiserver_clients());
       !s.ok()) {
     return s;
   }
@@ -230,8 +229,7 @@ std::vector<WorkloadProfile> MergeProfiles(const std::vector<v1::LearnedProfile>
 
 std::string RenderPolicyYaml(const std::vector<WorkloadProfile>& workloads) {
   YAML::Emitter out;
-  out << YAML::Comment(
-      "Learned by tokenwatch; review, then merge into the agent's --config file.");
+  out << YAML::Comment("Learned by tokenwatch; review, then merge into the agent's --config file.");
   out << YAML::BeginMap << YAML::Key << "policy" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "workloads" << YAML::Value << YAML::BeginSeq;
   for (const WorkloadProfile& w : workloads) {

@@ -99,8 +99,7 @@ void ProfileUploader::StartUpload(absl::Time now) {
   // never missed.
   call->generation = source_.generation();
   uint64_t trimmed = 0;
-  call->request =
-      BuildRequest(options_.node, options_.agent_id, source_.profiles(), now, &trimmed);
+  call->request = BuildRequest(options_.node, options_.agent_id, source_.profiles(), now, &trimmed);
   call->context.set_deadline(std::chrono::system_clock::now() +
                              absl::ToChronoSeconds(options_.timeout));
   Call* raw = call.get();
@@ -137,25 +136,23 @@ void ProfileUploader::OnDone(Call* call, const grpc::Status& status) {
   // Once per outage, not every minute: the findings stream already says the collector is down.
   if (!failing_) {
     Logf(LogLevel::kWarning, "profile upload to %s failed (%s: %s); retrying every %s",
-         options_.channel.address, static_cast<int>(status.error_code()),
-         status.error_message(), absl::FormatDuration(options_.interval));
+         options_.channel.address, static_cast<int>(status.error_code()), status.error_message(),
+         absl::FormatDuration(options_.interval));
   }
   failing_ = true;
 }
 
 void ProfileUploader::Stop(absl::Duration drain) {
   const absl::Time deadline = absl::Now() + drain;
-  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return call_ == nullptr || call_done_;
-  };
+  auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return call_ == nullptr || call_done_; };
   bool upload = false;
   {
     absl::MutexLock lock(&mu_);
     if (drain > absl::ZeroDuration()) {
       mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
       // What was learned since the last upload would otherwise wait for the next start.
-      upload = idle() && (!uploaded_generation_.has_value() ||
-                          *uploaded_generation_ != source_.generation());
+      upload = idle() &&
+               (!uploaded_generation_.has_value() || *uploaded_generation_ != source_.generation());
     }
   }
   if (upload) StartUpload(absl::Now());

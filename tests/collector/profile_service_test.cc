@@ -1,5 +1,6 @@
 #include "collector/profile_service.h"
 
+#include <grpcpp/grpcpp.h>
 #include <stdlib.h>
 
 #include <chrono>
@@ -7,8 +8,6 @@
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
 #include "agent/detect/profile_policy.h"

@@ -81,8 +81,9 @@ class ProfileStoreTest : public ::testing::Test {
 };
 
 TEST_F(ProfileStoreTest, StampsNodeAndTimeAndKeepsTheProfile) {
-  ASSERT_TRUE(store_->ReplaceNode("node-a", {Profile("payments", "api", {"/app/server"})},
-                                  kT0 + absl::Minutes(5))
+  ASSERT_TRUE(store_
+                  ->ReplaceNode("node-a", {Profile("payments", "api", {"/app/server"})},
+                                kT0 + absl::Minutes(5))
                   .ok());
   ProfilePage page = List();
   ASSERT_EQ(page.profiles.size(), 1u);
@@ -96,20 +97,19 @@ TEST_F(ProfileStoreTest, StampsNodeAndTimeAndKeepsTheProfile) {
 }
 
 TEST_F(ProfileStoreTest, AReuploadReplacesOnlyThatNodesCopy) {
-  ASSERT_TRUE(store_->ReplaceNode("node-a", {Profile("payments", "api", {"/a"}),
-                                             Profile("payments", "web", {"/w"})},
-                                  kT0)
+  ASSERT_TRUE(store_
+                  ->ReplaceNode(
+                      "node-a",
+                      {Profile("payments", "api", {"/a"}), Profile("payments", "web", {"/w"})}, kT0)
                   .ok());
   ASSERT_TRUE(store_->ReplaceNode("node-b", {Profile("payments", "api", {"/b"})}, kT0).ok());
   // node-a no longer runs web and learned more for api: its copy is what it says now.
-  ASSERT_TRUE(
-      store_->ReplaceNode("node-a", {Profile("payments", "api", {"/a", "/a2"})}, kT0).ok());
+  ASSERT_TRUE(store_->ReplaceNode("node-a", {Profile("payments", "api", {"/a", "/a2"})}, kT0).ok());
   ProfilePage page = List();
   EXPECT_THAT(Keys(page), ElementsAre("node-a payments/api", "node-b payments/api"));
   EXPECT_EQ(page.profiles[0].token_readers_size(), 2);
   // The same upload again changes nothing.
-  ASSERT_TRUE(
-      store_->ReplaceNode("node-a", {Profile("payments", "api", {"/a", "/a2"})}, kT0).ok());
+  ASSERT_TRUE(store_->ReplaceNode("node-a", {Profile("payments", "api", {"/a", "/a2"})}, kT0).ok());
   EXPECT_EQ(List().profiles.size(), 2u);
   // An empty upload: the node forgot everything (its state dir was wiped).
   ASSERT_TRUE(store_->ReplaceNode("node-b", {}, kT0).ok());
@@ -126,13 +126,15 @@ TEST_F(ProfileStoreTest, SurvivesReopenBesideTheFindingsTable) {
 }
 
 TEST_F(ProfileStoreTest, FiltersByNamespaceWorkloadGlobAndNode) {
-  ASSERT_TRUE(store_->ReplaceNode("node-a", {Profile("payments", "api", {"/a"}),
-                                             Profile("payments", "web-frontend", {"/w"}),
-                                             Profile("shop", "web-cart", {"/c"})},
-                                  kT0)
+  ASSERT_TRUE(store_
+                  ->ReplaceNode("node-a",
+                                {Profile("payments", "api", {"/a"}),
+                                 Profile("payments", "web-frontend", {"/w"}),
+                                 Profile("shop", "web-cart", {"/c"})},
+                                kT0)
                   .ok());
-  ASSERT_TRUE(store_->ReplaceNode("node-b", {Profile("payments", "web-frontend", {"/w"})}, kT0)
-                  .ok());
+  ASSERT_TRUE(
+      store_->ReplaceNode("node-b", {Profile("payments", "web-frontend", {"/w"})}, kT0).ok());
   EXPECT_THAT(Keys(List(Query("payments"))),
               ElementsAre("node-a payments/api", "node-a payments/web-frontend",
                           "node-b payments/web-frontend"));

@@ -35,14 +35,14 @@ std::vector<std::string> Readers(const v1::LearnedProfile& p) {
 detect::WorkloadKey Api() { return {"payments", "api", "/app/server", "api", ""}; }
 
 TEST(MergeProfiles, OneEntryPerWorkloadWithEveryNodesReaders) {
-  v1::LearnedProfile b = Copy("node-b", {"/usr/bin/vault-agent", "/app/server"},
-                              kT0 + absl::Hours(3));
+  v1::LearnedProfile b =
+      Copy("node-b", {"/usr/bin/vault-agent", "/app/server"}, kT0 + absl::Hours(3));
   b.add_apiserver_clients()->set_path("/app/server");
   v1::LearnedProfile sidecar = Copy("node-a", {"/envoy"});
   sidecar.set_container("/usr/local/bin/envoy");
-  std::vector<WorkloadProfile> merged = MergeProfiles(
-      {Copy("node-a", {"/app/server"}), b, sidecar, Copy("node-c", {"/app/helper"})},
-      kT0 + absl::Hours(25));
+  std::vector<WorkloadProfile> merged =
+      MergeProfiles({Copy("node-a", {"/app/server"}), b, sidecar, Copy("node-c", {"/app/helper"})},
+                    kT0 + absl::Hours(25));
   ASSERT_EQ(merged.size(), 2u);  // the sidecar container is its own entry
   const WorkloadProfile& api = merged[0];
   EXPECT_EQ(api.merged.container(), "/app/server");
@@ -81,8 +81,7 @@ TEST(RenderPolicyYaml, IsAPolicyTheAgentAcceptsAndAllowsTheLearnedReaders) {
   std::vector<std::string> exes;
   for (const detect::AllowedExecutable& e : w->executables) exes.push_back(e.exe);
   // A name without a path cannot be an allowlist entry.
-  EXPECT_EQ(exes, (std::vector<std::string>{"/app/server", "/opt/'quoted' \"x\"",
-                                            "/opt/a: b # c"}))
+  EXPECT_EQ(exes, (std::vector<std::string>{"/app/server", "/opt/'quoted' \"x\"", "/opt/a: b # c"}))
       << yaml;
   EXPECT_EQ(w->apiserver_contact, true);
   EXPECT_EQ(w->service_account_glob, "api");
@@ -91,9 +90,9 @@ TEST(RenderPolicyYaml, IsAPolicyTheAgentAcceptsAndAllowsTheLearnedReaders) {
 }
 
 TEST(RenderPolicyYaml, SaysWhereLearningIsStillOpen) {
-  std::string yaml = RenderPolicyYaml(MergeProfiles(
-      {Copy("node-a", {"/app/server"}), Copy("node-b", {}, kT0 + absl::Hours(20))},
-      kT0 + absl::Hours(30)));
+  std::string yaml = RenderPolicyYaml(
+      MergeProfiles({Copy("node-a", {"/app/server"}), Copy("node-b", {}, kT0 + absl::Hours(20))},
+                    kT0 + absl::Hours(30)));
   EXPECT_NE(yaml.find("learning still open on 1 of 2 nodes, until 2026-01-02T20:00:00+00:00"),
             std::string::npos)
       << yaml;

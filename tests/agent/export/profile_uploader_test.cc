@@ -211,8 +211,7 @@ TEST_F(ProfileUploaderTest, StopSendsWhatWasLearnedSinceTheLastUpload) {
   baseline_.Set({Profile("api", {"/app/server"}), Profile("web", {"/bin/web"})});
   uploader->Stop(absl::Seconds(5));
   EXPECT_EQ(uploader->stats().uploads, 2u);
-  EXPECT_EQ(Stored(),
-            (std::vector<std::string>{"node-1 api /app/server", "node-1 web /bin/web"}));
+  EXPECT_EQ(Stored(), (std::vector<std::string>{"node-1 api /app/server", "node-1 web /bin/web"}));
 }
 
 TEST(ProfileUploaderBuildRequest, TrimsToWhatTheCollectorAccepts) {
@@ -260,8 +259,8 @@ class ProfileUploaderTlsTest : public ProfileUploaderTest {
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     ca_ = dir_ + "/ca";
-    const std::string cmd = absl::StrCat("sh " TW_SOURCE_DIR "/collector/tls/make-test-ca.sh ",
-                                         ca_, " node-1 node-2 >/dev/null");
+    const std::string cmd = absl::StrCat("sh " TW_SOURCE_DIR "/collector/tls/make-test-ca.sh ", ca_,
+                                         " node-1 node-2 >/dev/null");
     ASSERT_EQ(system(cmd.c_str()), 0) << cmd;
     tls_.cert_chain = ReadFile(ca_ + "/collector.pem");
     tls_.private_key = ReadFile(ca_ + "/collector.key");
@@ -300,8 +299,8 @@ TEST(ProfileUploaderCreate, FailsOnAnUnreadableTlsFile) {
   ProfileUploader::Options o;
   o.channel.address = "127.0.0.1:1";
   o.channel.tls_ca = "/nonexistent/ca.pem";
-  auto u = ProfileUploader::Create(o, {[] { return uint64_t{0}; },
-                                       [] { return std::vector<v1::LearnedProfile>(); }});
+  auto u = ProfileUploader::Create(
+      o, {[] { return uint64_t{0}; }, [] { return std::vector<v1::LearnedProfile>(); }});
   ASSERT_FALSE(u.ok());
   EXPECT_EQ(std::string(u.status().message()),
             "collector_tls_ca /nonexistent/ca.pem: cannot read the file");
