@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,6 +24,30 @@ constexpr HookMode kAutoOrder[] = {HookMode::kLsm, HookMode::kFentry, HookMode::
                                    HookMode::kTracepoint};
 // An io_uring record and the fanotify event of the same open are this close.
 constexpr uint64_t kMergeWindowNs = 2'000'000'000;
+// fanotify intake entries each hold a pidfd: bound them. Past this, opens by
+// new processes are records of their own (the detector still folds them).
+constexpr size_t kMaxIntake = 4096;
+
+uint64_t BootNowNs() {
+  timespec now{};
+  clock_gettime(CLOCK_BOOTTIME, &now);
+  return static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+}
+
+// A pidfd on `tgid` (pidfd_open, Linux 5.3), or -1.
+int OpenPidfd(uint32_t tgid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(syscall(SYS_pidfd_open, static_cast<pid_t>(tgid), 0));
+#else
+  return -1;
+#endif
+}
+
+// A pidfd polls readable once its process has exited.
+bool PidfdExited(int pidfd) {
+  pollfd p{pidfd, POLLIN, 0};
+  return poll(&p, 1, 0) != 0;
+}
 
 }  // namespace
 
@@ -74,11 +99,20 @@ absl::Status CheckBpfLsmActive(const std::string& securityfs) {
                                                     "; boot with lsm=...,bpf)"));
 }
 
+TokenHooks::~TokenHooks() {
+  for (auto& [key, entry] : intake_) {
+    if (entry.pidfd >= 0) close(entry.pidfd);
+  }
+}
+
 absl::StatusOr<std::unique_ptr<TokenHooks>> TokenHooks::Open(const Options& options) {
   auto requested = ParseHookMode(options.requested);
   if (!requested.ok()) return requested.status();
   std::unique_ptr<TokenHooks> hooks(new TokenHooks());
   hooks->max_depth_ = options.probe.max_depth;
+  hooks->proc_root_ = options.proc_root;
+  hooks->dedup_window_ns_ =
+      static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(options.probe.dedup_window)));
 
   if (requested->has_value()) {
     HookMode mode = **requested;
@@ -126,6 +160,9 @@ absl::Status TokenHooks::Try(HookMode mode, const Options& options) {
       table_ = std::make_unique<ProcTableReader>(options.probe.procs_fd, options.probe.exited_fd,
                                                  options.proc_root);
       probe_options.hooks = TokenOpenProbe::Hooks::kIoUringOnly;
+      // Every io_uring record must meet its fanotify event (see PollFanotify);
+      // the opens folded are the fanotify events', at intake.
+      probe_options.dedup_window = absl::ZeroDuration();
       break;
     }
     case HookMode::kTracepoint:
@@ -214,14 +251,15 @@ absl::StatusOr<int> TokenHooks::PollFanotify(absl::Duration timeout,
       ++merged_;
       continue;
     }
+    // A reread within the window: counted before any lineage work.
+    if (FoldAtIntake(event)) continue;
     static thread_local tw_token_open record;
     record = table_->BuildRecord(event.tgid, event.file, event.ts_ns, max_depth_, TW_HOOK_FANOTIFY);
+    record.folded_before = BeginIntakeWindow(event, record);
     handler(record);
     ++handled;
   }
-  timespec now{};
-  clock_gettime(CLOCK_BOOTTIME, &now);
-  uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ull + now.tv_nsec;
+  uint64_t now_ns = BootNowNs();
   while (!recent_uring_.empty() &&
          (recent_uring_.front().ts_ns + kMergeWindowNs < now_ns || recent_uring_.size() > 4096)) {
     recent_uring_.pop_front();
@@ -229,7 +267,82 @@ absl::StatusOr<int> TokenHooks::PollFanotify(absl::Duration timeout,
 
   auto read = fanotify_->Read(&pending_);
   if (!read.ok()) return read.status();
+  fanotify_events_ += static_cast<uint64_t>(*read);
   return handled;
+}
+
+bool TokenHooks::FoldAtIntake(const FanotifyWatcher::Event& event) {
+  if (dedup_window_ns_ == 0) return false;
+  auto it = intake_.find(IntakeKey{event.tgid, event.file.dev, event.file.ino});
+  if (it == intake_.end()) return false;
+  Intake& entry = it->second;
+  if (event.ts_ns - entry.window_start_ns >= dedup_window_ns_) return false;
+  // The pid may be another process's by now: only a live pidfd says it is not.
+  if (entry.pidfd < 0 || PidfdExited(entry.pidfd)) return false;
+  ++entry.folded;
+  return true;
+}
+
+TokenOpenProbe::Reopen TokenHooks::IntakeReopen(const IntakeKey& key, const Intake& entry) {
+  TokenOpenProbe::Reopen reopen;
+  reopen.key.proc = tw_proc_key{std::get<0>(key), 0, entry.start_ticks};
+  reopen.key.file = tw_file_id{std::get<1>(key), std::get<2>(key)};
+  reopen.key.access = TW_ACCESS_UNKNOWN;
+  reopen.value.window_start_ns = entry.window_start_ns;
+  reopen.value.folded = entry.folded;
+  return reopen;
+}
+
+uint64_t TokenHooks::BeginIntakeWindow(const FanotifyWatcher::Event& event,
+                                       const tw_token_open& record) {
+  if (dedup_window_ns_ == 0) return 0;
+  const uint64_t start_ticks = record.reader.key.start_ticks;
+  IntakeKey key{event.tgid, event.file.dev, event.file.ino};
+  auto it = intake_.find(key);
+  if (it != intake_.end()) {
+    Intake& entry = it->second;
+    if (entry.pidfd >= 0 && entry.start_ticks == start_ticks && !PidfdExited(entry.pidfd)) {
+      // The same process, its window over: the next window begins here.
+      entry.window_start_ns = event.ts_ns;
+      return entry.folded;
+    }
+    // Another process under a reused pid: its predecessor's count is
+    // reported once more, then the entry is this process's.
+    retired_.push_back(IntakeReopen(key, entry));
+    if (entry.pidfd >= 0) close(entry.pidfd);
+    intake_.erase(it);
+  }
+  if (start_ticks == 0 || intake_.size() >= kMaxIntake) return 0;
+  // Hold the process, then check it is the one the record names: the pid
+  // may have been reused between the open and now.
+  int pidfd = OpenPidfd(event.tgid);
+  if (pidfd < 0) return 0;  // already gone: it opens nothing more
+  std::optional<ProcStatFields> stat = ReadProcStat(proc_root_, event.tgid);
+  if (!stat.has_value() || stat->start_ticks != start_ticks) {
+    close(pidfd);
+    return 0;
+  }
+  intake_[key] = Intake{pidfd, start_ticks, event.ts_ns, 0};
+  return 0;
+}
+
+absl::StatusOr<std::vector<TokenOpenProbe::Reopen>> TokenHooks::ReadReopens() {
+  if (fanotify_ == nullptr) return probe_->ReadReopens();
+  std::vector<TokenOpenProbe::Reopen> out;
+  out.swap(retired_);
+  const uint64_t now_ns = BootNowNs();
+  for (auto it = intake_.begin(); it != intake_.end();) {
+    Intake& entry = it->second;
+    out.push_back(IntakeReopen(it->first, entry));
+    // Ended (window over, or the process is gone): reported this last time.
+    if (now_ns - entry.window_start_ns >= dedup_window_ns_ || PidfdExited(entry.pidfd)) {
+      close(entry.pidfd);
+      intake_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  return out;
 }
 
 }  // namespace tokenwatch::probes

@@ -2,12 +2,14 @@
 
 #include <array>
 #include <cstdint>
+#include <tuple>
 #include <deque>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -42,9 +44,13 @@ absl::StatusOr<std::optional<HookMode>> ParseHookMode(absl::string_view text);
 // (the inventory watcher's); the counters from any thread.
 class TokenHooks {
  public:
+  ~TokenHooks();
   struct Options {
     std::string requested = "auto";  // --hook-mode
-    TokenOpenProbe::Options probe;   // hooks is set per mode; procs/exited fds required
+    // hooks is set per mode; procs/exited fds required. probe.dedup_window
+    // folds a process's rereads of a token: in the kernel for the BPF
+    // modes, at intake (before any lineage work) in fanotify mode.
+    TokenOpenProbe::Options probe;
     // Where the active LSM list is read ("<dir>/lsm"); mounted if absent.
     std::string securityfs = "/sys/kernel/security";
     std::string proc_root = "/proc";
@@ -68,12 +74,20 @@ class TokenHooks {
   // Waits up to `timeout` and hands every token-open record to `handler`.
   absl::StatusOr<int> Poll(absl::Duration timeout, const TokenOpenProbe::Handler& handler);
 
+  // The folded reopens, one entry per (process, token, route) whose window
+  // is open or ended since the last call: from the kernel's reopens map, or
+  // from the fanotify intake (whose ended entries are reported one last
+  // time and then forgotten). Each carries its running folded total.
+  absl::StatusOr<std::vector<TokenOpenProbe::Reopen>> ReadReopens();
+
   // Kernel counters of the BPF side, enum tw_stat.
   std::array<uint64_t, TW_STAT_MAX> ReadStats() const { return probe_->ReadStats(); }
   // fanotify queue overflows (0 in other modes).
   uint64_t fanotify_overflows() const { return fanotify_ ? fanotify_->overflows() : 0; }
   // fanotify events folded into the io_uring record of the same open.
   uint64_t fanotify_merged() const { return merged_; }
+  // fanotify events read from the group (before any folding); 0 in other modes.
+  uint64_t fanotify_events() const { return fanotify_events_; }
 
  private:
   TokenHooks() = default;
@@ -98,6 +112,28 @@ class TokenHooks {
   std::vector<FanotifyWatcher::Event> pending_;
   std::deque<UringOpen> recent_uring_;
   uint64_t merged_ = 0;
+  uint64_t fanotify_events_ = 0;
+
+  // fanotify intake folding, event thread only. A pid is reused, so each
+  // entry holds a pidfd on the process it counts for (checked against the
+  // start time the record carries): an event from the same pid whose
+  // pidfd says "exited" is another process, and gets a record of its own.
+  struct Intake {
+    int pidfd = -1;
+    uint64_t start_ticks = 0;
+    uint64_t window_start_ns = 0;
+    uint64_t folded = 0;
+  };
+  using IntakeKey = std::tuple<uint32_t, uint64_t, uint64_t>;  // tgid, dev, ino
+  // Whether `event` repeats an open already reported in its window (then counted).
+  bool FoldAtIntake(const FanotifyWatcher::Event& event);
+  // `record` begins a window for its process: returns the folded count so far.
+  uint64_t BeginIntakeWindow(const FanotifyWatcher::Event& event, const tw_token_open& record);
+  static TokenOpenProbe::Reopen IntakeReopen(const IntakeKey& key, const Intake& entry);
+  uint64_t dedup_window_ns_ = 0;
+  std::string proc_root_ = "/proc";
+  absl::flat_hash_map<IntakeKey, Intake> intake_;
+  std::vector<TokenOpenProbe::Reopen> retired_;  // replaced entries, reported once more
 };
 
 // Whether "bpf" is in the kernel's active LSM list (<securityfs>/lsm), with

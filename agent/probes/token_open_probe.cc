@@ -65,6 +65,8 @@ absl::Status Configure(Skel* skel, const TokenOpenProbe::Options& options) {
   }
   bpf_map__set_max_entries(skel->maps.events, options.ring_bytes);
   bpf_map__set_max_entries(skel->maps.tokens, options.max_tokens);
+  skel->rodata->dedup_window_ns =
+      static_cast<uint64_t>(absl::ToInt64Nanoseconds(options.dedup_window));
   return absl::OkStatus();
 }
 
@@ -146,6 +148,7 @@ absl::Status TokenOpenProbe::Load(const Options& options) {
     tokens_ = lsm_skel_->maps.tokens;
     events_ = lsm_skel_->maps.events;
     stats_ = lsm_skel_->maps.stats;
+    reopens_ = lsm_skel_->maps.reopens;
   } else {
     skel_ = token_open_bpf__open_opts(&open_opts);
     if (skel_ == nullptr) return ErrnoStatus(errno, "open token_open.bpf.o");
@@ -180,6 +183,7 @@ absl::Status TokenOpenProbe::Load(const Options& options) {
     tokens_ = skel_->maps.tokens;
     events_ = skel_->maps.events;
     stats_ = skel_->maps.stats;
+    reopens_ = skel_->maps.reopens;
   }
 
   for (const Hook& hook : hooks) {
@@ -275,6 +279,50 @@ absl::StatusOr<int> TokenOpenProbe::Poll(absl::Duration timeout, const Handler& 
   handler_ = nullptr;
   if (err < 0 && err != -EINTR) return ErrnoStatus(err, "poll events ring buffer");
   return handled_;
+}
+
+absl::StatusOr<std::vector<TokenOpenProbe::Reopen>> TokenOpenProbe::ReadReopens() const {
+  std::vector<Reopen> out;
+  const int fd = bpf_map__fd(reopens_);
+  // Batches cost a syscall per few hundred entries; kernels before 5.6 (no
+  // batch ops) and odd map types fall back to walking key by key.
+  constexpr uint32_t kBatch = 512;
+  std::vector<tw_reopen_key> keys(kBatch);
+  std::vector<tw_reopen> values(kBatch);
+  tw_reopen_key out_batch{};
+  bool first = true;
+  bool batched = true;
+  for (;;) {
+    uint32_t count = kBatch;
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    int err = bpf_map_lookup_batch(fd, first ? nullptr : &out_batch, &out_batch, keys.data(),
+                                   values.data(), &count, &opts);
+    int saved = errno;
+    for (uint32_t i = 0; i < count; ++i) out.push_back(Reopen{keys[i], values[i]});
+    if (err == 0) {
+      first = false;
+      continue;
+    }
+    if (saved == ENOENT) break;  // the last batch (count may be > 0)
+    if (first && (saved == EINVAL || saved == ENOTSUP || saved == EOPNOTSUPP)) {
+      batched = false;
+      break;
+    }
+    return ErrnoStatus(saved, "read the reopens map");
+  }
+  if (!batched) {
+    out.clear();
+    tw_reopen_key key{};
+    tw_reopen_key next{};
+    const void* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+      Reopen entry{next, {}};
+      if (bpf_map_lookup_elem(fd, &next, &entry.value) == 0) out.push_back(entry);
+      key = next;
+      prev = &key;
+    }
+  }
+  return out;
 }
 
 std::array<uint64_t, TW_STAT_MAX> TokenOpenProbe::ReadStats() const {

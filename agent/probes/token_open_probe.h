@@ -57,6 +57,16 @@ class TokenOpenProbe {
     // this probe private, empty tables (tests only: no lineage).
     int procs_fd = -1;
     int exited_fd = -1;
+    // Repeated opens of a token by the same process within this window are
+    // counted in the kernel (the reopens map) instead of each making a
+    // record; zero makes every open a record.
+    absl::Duration dedup_window = absl::ZeroDuration();
+  };
+
+  // One entry of the reopens map: a process's folded opens of one token.
+  struct Reopen {
+    tw_reopen_key key{};
+    tw_reopen value{};
   };
 
   using Handler = std::function<void(const tw_token_open&)>;
@@ -85,6 +95,12 @@ class TokenOpenProbe {
   // whatever arrived when the wait times out. Returns the records handled.
   absl::StatusOr<int> Poll(absl::Duration timeout, const Handler& handler);
 
+  // Every entry of the reopens map, a few bpf(2) calls for the whole map.
+  // User space never deletes entries: the kernel restarts an entry's window
+  // in place, and the LRU evicts the idle ones. Deleting from here would
+  // race a restart and count that window's opens twice.
+  absl::StatusOr<std::vector<Reopen>> ReadReopens() const;
+
   // Per-CPU counters summed, indexed by enum tw_stat.
   std::array<uint64_t, TW_STAT_MAX> ReadStats() const;
 
@@ -102,6 +118,7 @@ class TokenOpenProbe {
   bpf_map* tokens_ = nullptr;
   bpf_map* events_ = nullptr;
   bpf_map* stats_ = nullptr;
+  bpf_map* reopens_ = nullptr;
   ring_buffer* ring_ = nullptr;
   std::vector<bpf_link*> links_;
   std::vector<std::string> attached_;

@@ -20,6 +20,7 @@
 /* set by the agent before load */
 const volatile __u32 self_tgid = 0; /* the agent's own reads are not events */
 const volatile __u64 wakeup_bytes = 64 * 1024; /* wake the reader past this */
+const volatile __u64 dedup_window_ns = 0; /* 0: every open is a record of its own */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -39,6 +40,22 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
+
+/*
+ * Repeated opens of one token by one process within the dedup window. The
+ * first open of a window is a record; the later ones only count here, so a
+ * controller rereading its token every minute costs one record per window,
+ * not one per reread. The agent reads the counts back (and deletes entries
+ * whose window has ended) and adds them to the finding. LRU: a burst of new
+ * readers evicts old windows (their next open is simply a record again),
+ * never the other way round.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tw_reopen_key);
+	__type(value, struct tw_reopen);
+} reopens SEC(".maps");
 
 /* records are far larger than the BPF stack: build them here */
 struct {
@@ -79,6 +96,47 @@ static __always_inline int token__match(struct file *file, struct tw_file_id *id
 }
 
 /*
+ * Whether this open only repeats one already reported in its window: then
+ * it is counted and no record is made. Otherwise the open begins a window
+ * (*folded_before: the entry's count so far, for the previous window's
+ * finding) and the caller emits its record.
+ */
+static __always_inline int reopen__fold(struct task_struct *task, const struct tw_reopen_key *key,
+					__u64 now, __u64 *folded_before)
+{
+	struct tw_reopen fresh = {}, *r;
+
+	*folded_before = 0;
+	r = bpf_map_lookup_elem(&reopens, key);
+	if (r) {
+		if (now - r->window_start_ns < dedup_window_ns) {
+			__sync_fetch_and_add(&r->folded, 1);
+			stats__inc(TW_STAT_REOPENS_FOLDED);
+			return 1;
+		}
+		*folded_before = r->folded;
+		r->window_start_ns = now;
+		return 0;
+	}
+	/* another thread of the process may race us here: both emit, which is harmless */
+	fresh.window_start_ns = now;
+	bpf_map_update_elem(&reopens, key, &fresh, BPF_NOEXIST);
+	return 0;
+}
+
+/*
+ * A record that began a window was lost (ring full): end the window again,
+ * so the next open is reported instead of hiding in a count.
+ */
+static __always_inline void reopen__unfold(const struct tw_reopen_key *key)
+{
+	struct tw_reopen *r = bpf_map_lookup_elem(&reopens, key);
+
+	if (r)
+		r->window_start_ns = 0;
+}
+
+/*
  * Emit the record for an open of the watched token id by the current task:
  * the open itself, the reader and its ancestors from the process table.
  * Callers have matched the file already (token__match).
@@ -87,22 +145,37 @@ static __always_inline void token_record__emit(struct task_struct *task, struct 
 					       const struct tw_file_id *id, __u32 syscall,
 					       __u16 access, __u16 hook)
 {
+	struct tw_reopen_key key = {};
 	struct tw_token_open *e;
-	__u64 id_tgid, size;
+	__u64 id_tgid, size, now, folded_before = 0;
 	__u32 zero = 0, n;
 
 	id_tgid = bpf_get_current_pid_tgid();
 	if ((__u32)(id_tgid >> 32) == self_tgid)
 		return;
 	stats__inc(TW_STAT_TOKEN_OPENS);
+	now = bpf_ktime_get_boot_ns();
+
+	/* a reread within the window is only counted */
+	if (dedup_window_ns) {
+		proc__key(task, &key.proc);
+		key.file = *id;
+		key.access = access;
+		if (reopen__fold(task, &key, now, &folded_before))
+			return;
+	}
 
 	e = bpf_map_lookup_elem(&record_scratch, &zero);
-	if (!e)
+	if (!e) {
+		if (dedup_window_ns)
+			reopen__unfold(&key);
 		return;
+	}
 
 	/* fill the open itself */
 	e->hdr.type = TW_EVENT_TOKEN_OPEN;
-	e->hdr.ts_ns = bpf_ktime_get_boot_ns();
+	e->hdr.ts_ns = now;
+	e->folded_before = folded_before;
 	e->tgid = id_tgid >> 32;
 	e->pid = (__u32)id_tgid;
 	e->flags = BPF_CORE_READ(file, f_flags);
@@ -123,8 +196,11 @@ static __always_inline void token_record__emit(struct task_struct *task, struct 
 	if (size > sizeof(*e))
 		size = sizeof(*e);
 	e->hdr.size = size;
-	if (bpf_ringbuf_output(&events, e, size, ring__flags()))
+	if (bpf_ringbuf_output(&events, e, size, ring__flags())) {
 		stats__inc(TW_STAT_RING_FULL);
+		if (dedup_window_ns)
+			reopen__unfold(&key);
+	}
 }
 
 #endif /* TOKENWATCH_TOKEN_RECORD_BPF_H */

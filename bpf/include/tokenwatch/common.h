@@ -45,7 +45,8 @@ enum tw_stat {
 	TW_STAT_PROC_UPDATE_FAILED = 4, /* the process table refused an entry */
 	TW_STAT_PROC_EXECS = 5, /* execs recorded */
 	TW_STAT_PROC_FORKS = 6, /* forks recorded */
-	TW_STAT_MAX = 7,
+	TW_STAT_REOPENS_FOLDED = 7, /* token opens counted in the reopens map, no record */
+	TW_STAT_MAX = 8,
 };
 
 #endif /* TOKENWATCH_COMMON_H */

@@ -52,12 +52,34 @@ struct tw_token_open {
 	__u32 reader_known; /* 1: reader came from the process table */
 	__u16 access; /* enum tw_open_access (was padding: older agents read 0, a syscall) */
 	__u16 hook; /* enum tw_open_hook */
+	__u64 folded_before; /* the reopens entry's folded count when this record began its window */
 	struct tw_proc reader; /* the reader, complete even if it already exited */
 	struct tw_proc ancestors[TW_MAX_ANCESTORS]; /* parent first */
 };
-TW_STATIC_ASSERT(sizeof(struct tw_token_open) == 72 + 17 * 616, "tw_token_open size");
+TW_STATIC_ASSERT(sizeof(struct tw_token_open) == 80 + 17 * 616, "tw_token_open size");
 TW_STATIC_ASSERT(__builtin_offsetof(struct tw_token_open, access) == 68, "tw_token_open access");
-TW_STATIC_ASSERT(__builtin_offsetof(struct tw_token_open, reader) == 72, "tw_token_open reader");
+TW_STATIC_ASSERT(__builtin_offsetof(struct tw_token_open, folded_before) == 72,
+		 "tw_token_open folded_before");
+TW_STATIC_ASSERT(__builtin_offsetof(struct tw_token_open, reader) == 80, "tw_token_open reader");
+
+/*
+ * Key of the reopens map: one process's opens of one token by one route.
+ * client-go rereads its token every minute; the first open in a dedup
+ * window is a record, the later ones are only counted under this key.
+ */
+struct tw_reopen_key {
+	struct tw_proc_key proc; /* the opener; image is always 0 */
+	struct tw_file_id file; /* the token */
+	__u32 access; /* enum tw_open_access: an io_uring open never folds into a syscall's */
+	__u32 pad; /* zero */
+};
+TW_STATIC_ASSERT(sizeof(struct tw_reopen_key) == 40, "tw_reopen_key size");
+
+struct tw_reopen {
+	__u64 window_start_ns; /* boot clock of the open whose record began the window */
+	__u64 folded; /* opens counted without a record since the entry was made; only grows */
+};
+TW_STATIC_ASSERT(sizeof(struct tw_reopen) == 16, "tw_reopen size");
 
 #define TW_TOKEN_OPEN_FIXED_SIZE (sizeof(struct tw_token_open) - TW_MAX_ANCESTORS * sizeof(struct tw_proc))
 

@@ -70,8 +70,10 @@ class HookModeBpfTest : public ::testing::Test {
     if (!dir_.empty()) std::system(("rm -rf " + dir_).c_str());
   }
 
-  TokenHooks::Options OptionsFor(const std::string& mode) {
+  TokenHooks::Options OptionsFor(const std::string& mode,
+                                 absl::Duration dedup = absl::ZeroDuration()) {
     TokenHooks::Options options;
+    options.probe.dedup_window = dedup;
     options.requested = mode;
     options.probe.self_tgid = 0;  // this test process's own opens count
     options.probe.procs_fd = processes_->procs_fd();
@@ -79,8 +81,8 @@ class HookModeBpfTest : public ::testing::Test {
     return options;
   }
 
-  void OpenHooks(const std::string& mode) {
-    auto hooks = TokenHooks::Open(OptionsFor(mode));
+  void OpenHooks(const std::string& mode, absl::Duration dedup = absl::ZeroDuration()) {
+    auto hooks = TokenHooks::Open(OptionsFor(mode, dedup));
     TW_SKIP_OR_FAIL_ON_BPF_ERROR(hooks.status());
     hooks_ = *std::move(hooks);
     ASSERT_TRUE(hooks_->Watch(IdOf(token_), token_).ok());
@@ -254,6 +256,113 @@ TEST_P(IoUringHookTest, AnIoUringOpenIsOneRecordMarkedIoUring) {
   EXPECT_EQ(e.file.ino, IdOf(token_).ino);
   EXPECT_GE(e.n_ancestors, 1u);  // the lineage comes along
 }
+
+// A child that opens the token each time it is told to, and says when it has.
+struct PacedReader {
+  pid_t pid = -1;
+  int command = -1;
+  int done = -1;
+
+  static PacedReader Start(const std::string& path) {
+    int cmd[2], ack[2];
+    EXPECT_EQ(pipe(cmd), 0);
+    EXPECT_EQ(pipe(ack), 0);
+    PacedReader r;
+    r.pid = fork();
+    if (r.pid == 0) {
+      close(cmd[1]);  // or the parent's close would never reach us as EOF
+      close(ack[0]);
+      char c;
+      while (read(cmd[0], &c, 1) == 1) {
+        int fd = open(path.c_str(), O_RDONLY);
+        if (fd >= 0) close(fd);
+        if (write(ack[1], "k", 1) != 1) _exit(1);
+      }
+      _exit(0);
+    }
+    close(cmd[0]);
+    close(ack[1]);
+    r.command = cmd[1];
+    r.done = ack[0];
+    return r;
+  }
+  void Open() {
+    char c;
+    ASSERT_EQ(write(command, "o", 1), 1);
+    ASSERT_EQ(read(done, &c, 1), 1);
+  }
+  void Stop() {
+    close(command);
+    close(done);
+    int status = 0;
+    waitpid(pid, &status, 0);
+  }
+};
+
+uint64_t FoldedFor(TokenHooks* hooks, pid_t pid, uint64_t* entries = nullptr) {
+  auto reopens = hooks->ReadReopens();
+  EXPECT_TRUE(reopens.ok()) << reopens.status();
+  uint64_t folded = 0;
+  if (entries != nullptr) *entries = 0;
+  for (const TokenOpenProbe::Reopen& r : *reopens) {
+    if (r.key.proc.tgid != static_cast<uint32_t>(pid)) continue;
+    folded = std::max<uint64_t>(folded, r.value.folded);
+    if (entries != nullptr) ++*entries;
+  }
+  return folded;
+}
+
+class RereadHookTest : public HookModeBpfTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(RereadHookTest, RereadsByOneProcessAreOneRecordAndACount) {
+  OpenHooks(GetParam(), absl::Minutes(10));
+  PacedReader reader = PacedReader::Start(token_);
+  // Each open read by the hooks before the next (fanotify would merge
+  // identical queued events of one process, which would lose counts).
+  std::vector<tw_token_open> records;
+  for (int i = 0; i < 12; ++i) {
+    reader.Open();
+    for (const tw_token_open& e : Drain(i == 0 ? 1 : 0, absl::Milliseconds(100))) {
+      if (e.tgid == static_cast<uint32_t>(reader.pid)) records.push_back(e);
+    }
+  }
+  ASSERT_EQ(records.size(), 1u) << "12 opens by one process within the window";
+  EXPECT_EQ(records[0].folded_before, 0u);
+  EXPECT_EQ(FoldedFor(hooks_.get(), reader.pid), 11u);
+  reader.Stop();
+}
+
+TEST_P(RereadHookTest, AReusedPidIsANewProcessWithARecordOfItsOwn) {
+  // Forcing the kernel to hand out a pid again needs the initial pid
+  // namespace's ns_last_pid (root).
+  OpenHooks(GetParam(), absl::Minutes(10));
+  PacedReader first = PacedReader::Start(token_);
+  first.Open();
+  pid_t pid = first.pid;
+  ASSERT_EQ(Drain(1).size(), 1u);
+  first.Open();  // folded
+  first.Stop();
+  Drain(0, absl::Milliseconds(100));
+  PacedReader second;
+  for (int attempt = 0; attempt < 20 && second.pid != pid; ++attempt) {
+    if (second.pid > 0) second.Stop();
+    std::ofstream("/proc/sys/kernel/ns_last_pid") << (pid - 1);
+    second = PacedReader::Start(token_);
+  }
+  ASSERT_EQ(second.pid, pid) << "could not get pid " << pid << " again";
+  second.Open();
+  std::vector<tw_token_open> records = Drain(1);
+  ASSERT_EQ(records.size(), 1u) << "the second process's open was folded into the first's";
+  EXPECT_EQ(records[0].tgid, static_cast<uint32_t>(pid));
+  EXPECT_EQ(records[0].folded_before, 0u);
+  // Both processes keep their own counts: 1 folded for the first, 0 for the second.
+  uint64_t entries = 0;
+  FoldedFor(hooks_.get(), pid, &entries);
+  EXPECT_GE(entries, 1u);
+  second.Stop();
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, RereadHookTest, ::testing::Values("tracepoint", "fanotify"));
 
 INSTANTIATE_TEST_SUITE_P(Modes, IoUringHookTest,
                          ::testing::Combine(::testing::Values("tracepoint", "fanotify"),

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/probes/proc_table.h"
 #include "gtest/gtest.h"
 #include "tests/testing/require_bpf.h"
 
@@ -209,6 +211,130 @@ TEST_F(TokenOpenProbeBpfTest, CountsTokenOpensPerCpu) {
   auto after = probe_->ReadStats();
   EXPECT_EQ(after[TW_STAT_TOKEN_OPENS] - before[TW_STAT_TOKEN_OPENS], 5u);
   EXPECT_EQ(after[TW_STAT_RING_FULL], 0u);
+}
+
+void OpenClose(const std::string& path, int times) {
+  for (int i = 0; i < times; ++i) {
+    int fd = open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0) << path;
+    close(fd);
+  }
+}
+
+// Forks a child that opens `path` `times` times; returns its pid once it exited.
+pid_t OpenInChild(const std::string& path, int times) {
+  pid_t child = fork();
+  if (child == 0) {
+    for (int i = 0; i < times; ++i) {
+      int fd = open(path.c_str(), O_RDONLY);
+      if (fd < 0) _exit(1);
+      close(fd);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  return child;
+}
+
+class TokenOpenProbeDedupTest : public TokenOpenProbeBpfTest {
+ protected:
+  std::unique_ptr<TokenOpenProbe> DedupProbe(uint32_t ring_bytes = 4u << 20) {
+    TokenOpenProbe::Options options;
+    options.dedup_window = absl::Minutes(10);
+    options.ring_bytes = ring_bytes;
+    auto probe = TokenOpenProbe::Create(options);
+    EXPECT_TRUE(probe.ok()) << probe.status();
+    if (!probe.ok()) return nullptr;
+    EXPECT_TRUE((*probe)->Watch(IdOf(token_)).ok());
+    return *std::move(probe);
+  }
+
+  static std::vector<tw_token_open> DrainFrom(TokenOpenProbe* probe) {
+    std::vector<tw_token_open> out;
+    TokenOpenProbe::Handler handler = [&](const tw_token_open& e) { out.push_back(e); };
+    for (int i = 0; i < 3; ++i) EXPECT_TRUE(probe->Poll(absl::Milliseconds(100), handler).ok());
+    return out;
+  }
+
+  static std::vector<tw_token_open> Of(const std::vector<tw_token_open>& records, pid_t pid) {
+    std::vector<tw_token_open> out;
+    for (const tw_token_open& e : records) {
+      if (e.tgid == static_cast<uint32_t>(pid)) out.push_back(e);
+    }
+    return out;
+  }
+
+  static uint64_t FoldedFor(TokenOpenProbe* probe, pid_t pid) {
+    auto reopens = probe->ReadReopens();
+    EXPECT_TRUE(reopens.ok()) << reopens.status();
+    uint64_t folded = 0;
+    for (const TokenOpenProbe::Reopen& r : *reopens) {
+      if (r.key.proc.tgid == static_cast<uint32_t>(pid)) folded += r.value.folded;
+    }
+    return folded;
+  }
+};
+
+TEST_F(TokenOpenProbeDedupTest, RereadsWithinTheWindowAreCountedNotRecorded) {
+  auto probe = DedupProbe();
+  ASSERT_NE(probe, nullptr);
+  auto before = probe->ReadStats();
+  OpenClose(token_, 50);
+  auto mine = Of(DrainFrom(probe.get()), getpid());
+  ASSERT_EQ(mine.size(), 1u) << "50 rereads, one record expected";
+  EXPECT_EQ(mine[0].folded_before, 0u);
+  auto reopens = probe->ReadReopens();
+  ASSERT_TRUE(reopens.ok()) << reopens.status();
+  const TokenOpenProbe::Reopen* entry = nullptr;
+  for (const TokenOpenProbe::Reopen& r : *reopens) {
+    if (r.key.proc.tgid == static_cast<uint32_t>(getpid())) entry = &r;
+  }
+  ASSERT_NE(entry, nullptr);
+  EXPECT_EQ(entry->value.folded, 49u);
+  EXPECT_EQ(entry->key.file.ino, IdOf(token_).ino);
+  EXPECT_EQ(entry->key.access, static_cast<uint32_t>(TW_ACCESS_SYSCALL));
+  // The key is the process as /proc names it: pid and start time in ticks.
+  auto stat = ReadProcStat("/proc", static_cast<uint32_t>(getpid()));
+  ASSERT_TRUE(stat.has_value());
+  EXPECT_EQ(entry->key.proc.start_ticks, stat->start_ticks);
+  EXPECT_EQ(entry->key.proc.start_ticks, mine[0].reader.key.start_ticks);
+  auto after = probe->ReadStats();
+  EXPECT_EQ(after[TW_STAT_REOPENS_FOLDED] - before[TW_STAT_REOPENS_FOLDED], 49u);
+  EXPECT_EQ(after[TW_STAT_TOKEN_OPENS] - before[TW_STAT_TOKEN_OPENS], 50u);
+  // The probe without a window still records every open.
+  EXPECT_EQ(Drain(50).size(), 50u);
+}
+
+TEST_F(TokenOpenProbeDedupTest, EachProcessHasItsOwnRecordAndCount) {
+  auto probe = DedupProbe();
+  ASSERT_NE(probe, nullptr);
+  pid_t a = OpenInChild(token_, 3);
+  pid_t b = OpenInChild(token_, 1);
+  OpenClose(token_, 2);
+  auto records = DrainFrom(probe.get());
+  EXPECT_EQ(Of(records, a).size(), 1u);
+  EXPECT_EQ(Of(records, b).size(), 1u);
+  EXPECT_EQ(Of(records, getpid()).size(), 1u);
+  EXPECT_EQ(FoldedFor(probe.get(), a), 2u);
+  EXPECT_EQ(FoldedFor(probe.get(), b), 0u);
+  EXPECT_EQ(FoldedFor(probe.get(), getpid()), 1u);
+}
+
+TEST_F(TokenOpenProbeDedupTest, ALostRecordDoesNotHideTheNextOpen) {
+  // One page of ring holds five records: fill it from children, unread.
+  auto probe = DedupProbe(4096);
+  ASSERT_NE(probe, nullptr);
+  for (int i = 0; i < 8; ++i) OpenInChild(token_, 1);
+  OpenClose(token_, 1);  // no room: this record is lost
+  auto stats = probe->ReadStats();
+  ASSERT_GT(stats[TW_STAT_RING_FULL], 0u) << "the ring did not fill; the test proves nothing";
+  auto first = DrainFrom(probe.get());
+  ASSERT_EQ(Of(first, getpid()).size(), 0u);
+  // The lost record did not open a window: the next open is reported.
+  OpenClose(token_, 1);
+  EXPECT_EQ(Of(DrainFrom(probe.get()), getpid()).size(), 1u);
 }
 
 TEST(TokenOpenProbeKernelCheck, MissingBtfIsOneClearError) {
