@@ -114,6 +114,7 @@ absl::Status Agent::Init() {
   hook_options.probe.max_depth = config_.lineage_depth;
   hook_options.probe.argv_bytes = config_.argv_bytes;
   hook_options.probe.ring_bytes = config_.ring_buffer_bytes;
+  hook_options.probe.dedup_window = config_.dedup_window;
   auto probe = probes::TokenHooks::Open(hook_options);
   if (!probe.ok()) return probe.status();
   probe_ = *std::move(probe);
@@ -147,6 +148,10 @@ absl::Status Agent::Init() {
   }
   detector_options.expectations = policy_->expectations();
   detector_ = std::make_unique<detect::Detector>(detector_options);
+  ReopenLedger::Options ledger_options;
+  ledger_options.window = config_.dedup_window;
+  ledger_options.idle_expiry = config_.dedup_window + absl::Minutes(1);
+  reopens_ = std::make_unique<ReopenLedger>(ledger_options);
   sensor_loss_ = std::make_unique<detect::SensorLossReporter>(config_.node_name, hook_mode_);
 
   // Read -> use: connections to the API server, the metadata service and
@@ -163,7 +168,12 @@ absl::Status Agent::Init() {
   use_deps.lookup_digest = [this](const std::string& digest) {
     return inventory_->LookupDigest(digest);
   };
-  use_deps.raise = [this](const v1::Finding& f) { Raise(f); };
+  use_deps.raise = [this](const v1::Finding& f) {
+    Raise(f);
+    // A read whose token was then used is graver: its finding is sent again
+    // (same id) with the raised severity; not a new finding, so Export.
+    for (const v1::Finding& raised : detector_->OnTokenUsed(f)) Export(raised);
+  };
   use_deps.count_record = [this](const std::string& type) { metrics_->KernelRecord(type); };
   use_deps.hook_mode = hook_mode_;
   auto use = TokenUse::Create(std::move(use_deps));
@@ -190,6 +200,17 @@ absl::Status Agent::Init() {
     if (!client.ok()) return client.status();
     collector_ = *std::move(client);
     collector_->Start();
+    exporting::ProfileUploader::Options upload_options;
+    upload_options.channel = {config_.collector, config_.collector_tls_ca,
+                              config_.collector_tls_cert, config_.collector_tls_key};
+    upload_options.node = config_.node_name;
+    upload_options.agent_id = agent_id_;
+    detect::Baseline* baseline = policy_->baseline();
+    auto uploader = exporting::ProfileUploader::Create(
+        upload_options, {[baseline] { return baseline->generation(); },
+                         [baseline] { return baseline->Profiles(); }});
+    if (!uploader.ok()) return uploader.status();
+    profile_uploader_ = *std::move(uploader);
   }
 
   // The first inventory is loaded into the kernel map before we say ready.
@@ -282,6 +303,7 @@ void Agent::NamePod(process::ProcessView* view) {
 
 void Agent::OnTokenOpen(const tw_token_open& event) {
   metrics_->KernelRecord("token_open");
+  metrics_->TokenOpens("reported", 1);
   std::optional<tokens::TokenInfo> token = inventory_->Lookup(tokens::FileId{event.file.dev, event.file.ino});
   if (!token.has_value()) {
     // The token left the inventory between the open and now (pod deleted).
@@ -309,7 +331,40 @@ void Agent::OnTokenOpen(const tw_token_open& event) {
       metrics_->ObserveDetectionLatency(static_cast<double>(now_ns - event.hdr.ts_ns) / 1e9);
     }
   }
-  if (detector_->last_unexpected()) use_->OnUnexpectedRead(read);
+  const bool unexpected = detector_->last_unexpected();
+  if (unexpected) use_->OnUnexpectedRead(read);
+  // Later rereads in this window are only counted by the hooks; they are
+  // credited to this read (an expected read needs no credit).
+  uint64_t increment = 0;
+  std::optional<detect::TokenRead> previous =
+      reopens_->OnRecord(ReopenKeyOf(event), event.folded_before,
+                         unexpected ? std::optional<detect::TokenRead>(read) : std::nullopt,
+                         absl::Now(), &increment);
+  metrics_->TokenOpens("folded", increment);
+  if (previous.has_value()) Credit(*previous);
+}
+
+void Agent::Credit(const detect::TokenRead& credit) {
+  for (const v1::Finding& finding : detector_->OnTokenRead(credit)) Raise(finding);
+}
+
+void Agent::CreditReopens() {
+  auto reopens = probe_->ReadReopens();
+  if (!reopens.ok()) {
+    Logf(LogLevel::kWarning, "%s", reopens.status().message());
+    metrics_->ProcessingError("reopens");
+    return;
+  }
+  const absl::Time now = absl::Now();
+  for (const probes::TokenOpenProbe::Reopen& reopen : *reopens) {
+    uint64_t increment = 0;
+    std::optional<detect::TokenRead> credit =
+        reopens_->OnTotal(reopen.key, reopen.value.folded, now, &increment);
+    metrics_->TokenOpens("folded", increment);
+    if (credit.has_value()) Credit(*credit);
+  }
+  reopens_->Expire(now);
+  metrics_->SetFanotifyEvents(probe_->fanotify_events());
 }
 
 void Agent::Raise(const v1::Finding& finding) {
@@ -328,6 +383,8 @@ void Agent::Export(const v1::Finding& finding) {
 }
 
 void Agent::Housekeeping() {
+  // Counts first, so a fold closing now carries every open of its window.
+  CreditReopens();
   for (const v1::Finding& finding : detector_->Flush(absl::Now())) Export(finding);
   policy_->Housekeeping(absl::Now());
   detect::PolicyReloadStats reloads = policy_->reload_stats();
@@ -338,6 +395,7 @@ void Agent::Housekeeping() {
     metrics_->PolicyReload(false);
   }
   use_->Housekeeping(absl::Now());
+  if (profile_uploader_ != nullptr) profile_uploader_->Tick(absl::Now());
   metrics_->SetApiServersWatched(static_cast<double>(use_->apiservers().size()));
   metrics_->SetFolded(detector_->folded());
   auto stats = probe_->ReadStats();
@@ -418,7 +476,11 @@ void Agent::Run() {
     }
   }
   Housekeeping();
+  // Counts still growing in open folds would be lost with the process.
+  for (const v1::Finding& finding : detector_->FlushAll()) Export(finding);
   policy_->Stop();
+  // After the baseline's last save: what was learned last reaches the collector too.
+  if (profile_uploader_ != nullptr) profile_uploader_->Stop();
   Logf(LogLevel::kInfo, "stopping");
 }
 

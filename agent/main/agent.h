@@ -11,8 +11,10 @@
 #include "agent/detect/sensor_findings.h"
 #include "agent/export/collector_client.h"
 #include "agent/export/json_lines.h"
+#include "agent/export/profile_uploader.h"
 #include "agent/k8s/cgroup.h"
 #include "agent/main/config.h"
+#include "agent/main/reopens.h"
 #include "agent/main/token_use.h"
 #include "agent/metrics/agent_metrics.h"
 #include "agent/metrics/http_server.h"
@@ -45,6 +47,9 @@ class Agent {
 
  private:
   void OnTokenOpen(const tw_token_open& event);
+  // Reads the hooks' folded reopen counts and adds them to their findings.
+  void CreditReopens();
+  void Credit(const detect::TokenRead& credit);
   void ApplyInventoryDelta(const tokens::InventoryDelta& delta);
   void Export(const v1::Finding& finding);
   // Counts, logs and exports a new finding.
@@ -78,12 +83,16 @@ class Agent {
   uint64_t policy_successes_seen_ = 0;  // reloads already counted in metrics
   uint64_t policy_failures_seen_ = 0;  // before detector_: it points into it
   std::unique_ptr<detect::Detector> detector_;
+  // Rereads the hooks folded -> the read each repeats (event thread).
+  std::unique_ptr<ReopenLedger> reopens_;
   // TW090 from the kernel's loss counters (housekeeping thread).
   std::unique_ptr<detect::SensorLossReporter> sensor_loss_;
   // Why the kubelet root cannot be read ("" when it can), as last logged.
   std::string inventory_problem_;
   std::unique_ptr<exporting::JsonLinesWriter> json_;
   std::unique_ptr<exporting::CollectorClient> collector_;
+  // Keeps the collector's copy of the learned profiles current (with --collector).
+  std::unique_ptr<exporting::ProfileUploader> profile_uploader_;
   absl::Mutex watch_mu_;  // serializes tokens-map updates from the watcher
   // pod uid -> (namespace, name), from the inventoried tokens' claims.
   absl::Mutex pods_mu_;

@@ -23,6 +23,18 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
                    .Name("tokenwatch_kernel_records_total")
                    .Help("Records received from the kernel, by type.")
                    .Register(*registry_)),
+      token_opens_(BuildCounter()
+                       .Name("tokenwatch_token_opens_total")
+                       .Help("Token opens the hooks saw, by outcome: reported (a record of its "
+                             "own) or folded (a reread by the same process within the dedup "
+                             "window, counted without a record and added to its finding).")
+                       .Register(*registry_)),
+      fanotify_events_(&BuildCounter()
+                            .Name("tokenwatch_fanotify_events_total")
+                            .Help("Events read from the fanotify group (fanotify hook mode), "
+                                  "before rereads are folded.")
+                            .Register(*registry_)
+                            .Add({})),
       drops_(BuildCounter()
                  .Name("tokenwatch_kernel_drops_total")
                  .Help("Events the kernel side lost, by reason (ring_full, proc_table_update_failed, "

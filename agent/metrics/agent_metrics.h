@@ -27,6 +27,13 @@ class AgentMetrics {
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
   void KernelRecord(const std::string& type) { records_.Add({{"type", type}}).Increment(); }
+  // Token opens the hooks saw: "reported" as a record of their own, or
+  // "folded" (a reread within the dedup window, counted without a record).
+  void TokenOpens(const std::string& outcome, uint64_t n) {
+    if (n > 0) token_opens_.Add({{"outcome", outcome}}).Increment(static_cast<double>(n));
+  }
+  // Mirrors the fanotify events read so far (fanotify mode).
+  void SetFanotifyEvents(uint64_t value) { RaiseTo(*fanotify_events_, value); }
   // Sets a counter that mirrors a monotonic kernel counter to `value`.
   void KernelDrops(const std::string& reason, uint64_t value);
   void Finding(const std::string& rule, const std::string& severity) {
@@ -63,6 +70,8 @@ class AgentMetrics {
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& records_;
+  prometheus::Family<prometheus::Counter>& token_opens_;
+  prometheus::Counter* fanotify_events_;
   prometheus::Family<prometheus::Counter>& drops_;
   prometheus::Family<prometheus::Counter>& findings_;
   prometheus::Counter* folded_;
