@@ -1,8 +1,12 @@
 #include "agent/main/config.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 
@@ -265,6 +269,21 @@ reports unexpected readers. Works with no flags on a standard node.
 }
 
 absl::Status LoadAgentConfigFile(const std::string& path, AgentConfig* config) {
+  // Say why a file cannot be read (yaml-cpp would only say that it cannot,
+  // and a directory reads as an empty stream that throws std::ios failures).
+  struct stat st {};
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    int err = errno;
+    if (fd >= 0) close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, ": cannot read the file: ", std::strerror(err)));
+  }
+  close(fd);
+  if (S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, ": cannot read the file: ", std::strerror(EISDIR)));
+  }
   YAML::Node root;
   // yaml-cpp reports parse errors by throwing; this is the boundary where
   // they become a Status naming the file and line.
@@ -275,6 +294,9 @@ absl::Status LoadAgentConfigFile(const std::string& path, AgentConfig* config) {
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("config ", path, ":", e.mark.line + 1, ": ", e.msg));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, ": cannot read the file: ", e.what()));
   }
   if (root.IsNull()) return absl::OkStatus();
   if (!root.IsMap()) {

@@ -98,7 +98,20 @@ TEST(AgentConfig, BadFileNamesFileLineAndKey) {
 
   c = Parse({"--config", "/nonexistent/tokenwatch.yaml"});
   ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find("/nonexistent/tokenwatch.yaml"), std::string::npos);
+  EXPECT_NE(c.status().message().find(
+                "/nonexistent/tokenwatch.yaml: cannot read the file: No such file or directory"),
+            std::string::npos)
+      << c.status().message();
+}
+
+TEST(AgentConfig, ADirectoryAsConfigIsAnErrorNotACrash) {
+  // yaml-cpp reads a directory as a stream that throws std::ios failures.
+  std::string dir = ::testing::TempDir();
+  auto c = Parse({"--config", dir});
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("cannot read the file: Is a directory"), std::string::npos)
+      << c.status().message();
+  EXPECT_EQ(c.status().message().find('\n'), std::string::npos);
 }
 
 }  // namespace
