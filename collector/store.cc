@@ -117,6 +117,7 @@ ON CONFLICT(id) DO UPDATE SET
   count = excluded.count,
   finding = excluded.finding
 WHERE excluded.count > findings.count OR excluded.last_seen_ns > findings.last_seen_ns
+   OR (excluded.severity > findings.severity AND excluded.count >= findings.count)
 )sql";
 
 absl::StatusOr<std::vector<Finding>> ReadFindings(sqlite3* db, sqlite3_stmt* stmt) {

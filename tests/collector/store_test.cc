@@ -101,6 +101,25 @@ TEST_F(FindingStoreTest, HigherCountUpdatesCountAndPayload) {
   EXPECT_EQ(store_->Get(f.id())->count(), 7u);
 }
 
+TEST_F(FindingStoreTest, ARaisedSeverityWithTheSameCountUpdates) {
+  // The agent re-sends a read's finding with a higher severity once its
+  // token is used (TW010): same id, same count.
+  Finding f = TestFinding(1);
+  f.set_severity(tokenwatch::v1::SEVERITY_MEDIUM);
+  ASSERT_TRUE(store_->Upsert(f).ok());
+  Finding raised = f;
+  raised.set_severity(tokenwatch::v1::SEVERITY_CRITICAL);
+  raised.add_severity_reasons("the token was then used against the API server");
+  ASSERT_TRUE(store_->Upsert(raised).ok());
+  auto got = store_->Get(f.id());
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->severity(), tokenwatch::v1::SEVERITY_CRITICAL);
+  EXPECT_EQ(got->severity_reasons_size(), 1);
+  // The medium copy arriving late does not lower it again.
+  ASSERT_TRUE(store_->Upsert(f).ok());
+  EXPECT_EQ(store_->Get(f.id())->severity(), tokenwatch::v1::SEVERITY_CRITICAL);
+}
+
 TEST_F(FindingStoreTest, LaterLastSeenUpdates) {
   absl::Time t0 = absl::Now() - absl::Hours(2);
   Finding f = TestFinding(1, t0);
