@@ -136,6 +136,8 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
                   .Help("1 when /readyz answers 200 (probes attached, inventory readable).")
                   .Register(*registry_)
                   .Add({})) {
+  // Both outcomes from the start: a fold ratio is computable from the first scrape.
+  for (const char* outcome : {"reported", "folded"}) token_opens_.Add({{"outcome", outcome}});
   // Every drop reason exists from the start, so that increase() and the
   // alerting rules see the first loss rather than a series appearing.
   for (const char* reason : {"ring_full", "proc_table_update_failed", "proc_table_evicted"}) {

@@ -87,7 +87,7 @@ TEST(AgentMetrics, PolicyReloadFailuresAreCountedApart) {
 TEST(AgentMetrics, LabelsAreBoundedNames) {
   // Every label the agent uses: none may carry a pid, a path or a pod.
   const std::set<std::string> allowed = {"type", "reason", "rule", "severity", "mode", "probe",
-                                         "stage", "version", "git_commit", "kernel_release",
+                                         "stage", "outcome", "version", "git_commit", "kernel_release",
                                          "le"};
   AgentMetrics m("v", "c", "k");
   testing::FillAgentMetrics(&m);

@@ -9,6 +9,9 @@ namespace tokenwatch::metrics::testing {
 // tests and `promtool check metrics` see each series.
 inline void FillAgentMetrics(AgentMetrics* m) {
   m->KernelRecord("token_open");
+  m->TokenOpens("reported", 1);
+  m->TokenOpens("folded", 599);
+  m->SetFanotifyEvents(600);
   m->KernelDrops("ring_full", 7);
   m->Finding("TW001", "high");
   m->Finding("TW090", "high");
