@@ -22,8 +22,8 @@ struct CollectorChannelOptions {
 
 // A channel to the collector with the agent's settings: TLS from the files (read now; an error
 // names the config key and the file), and keepalives so that a dead collector is noticed within
-// seconds. The same settings as CollectorClient's findings stream (agent/export/
-// collector_client.cc builds its own today; it can switch to this).
+// seconds. CollectorClient's findings stream and ProfileUploader both use it, so the two
+// connections to one collector cannot drift apart.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeCollectorChannel(
     const CollectorChannelOptions& options);
 

@@ -5,13 +5,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
-#include <sstream>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/common/log.h"
+#include "agent/export/collector_channel.h"
 
 namespace tokenwatch::exporting {
 namespace {
@@ -23,44 +22,6 @@ void SetTimestamp(absl::Time t, google::protobuf::Timestamp* ts) {
   const int64_t nanos = absl::ToUnixNanos(t);
   ts->set_seconds(nanos / 1000000000);
   ts->set_nanos(static_cast<int32_t>(nanos % 1000000000));
-}
-
-absl::StatusOr<std::string> ReadPem(const std::string& key, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in || text.str().empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(key, " ", path, ": cannot read the file"));
-  }
-  return text.str();
-}
-
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeCredentials(
-    const CollectorClient::Options& o) {
-  if (o.tls_ca.empty()) {
-    if (!o.tls_cert.empty() || !o.tls_key.empty()) {
-      return absl::InvalidArgumentError(
-          "collector_tls_cert and collector_tls_key need collector_tls_ca");
-    }
-    return grpc::InsecureChannelCredentials();
-  }
-  if (o.tls_cert.empty() != o.tls_key.empty()) {
-    return absl::InvalidArgumentError(
-        "collector_tls_cert and collector_tls_key must be given together");
-  }
-  grpc::SslCredentialsOptions ssl;
-  absl::StatusOr<std::string> ca = ReadPem("collector_tls_ca", o.tls_ca);
-  if (!ca.ok()) return ca.status();
-  ssl.pem_root_certs = *ca;
-  if (!o.tls_cert.empty()) {
-    absl::StatusOr<std::string> cert = ReadPem("collector_tls_cert", o.tls_cert);
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadPem("collector_tls_key", o.tls_key);
-    if (!key.ok()) return key.status();
-    ssl.pem_cert_chain = *cert;
-    ssl.pem_private_key = *key;
-  }
-  return grpc::SslCredentials(ssl);
 }
 
 }  // namespace
@@ -90,9 +51,9 @@ v1::Finding MakeFindingsDroppedFinding(const std::string& node, uint64_t dropped
 }
 
 absl::StatusOr<std::unique_ptr<CollectorClient>> CollectorClient::Create(Options options) {
-  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-      MakeCredentials(options);
-  if (!credentials.ok()) return credentials.status();
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      MakeCollectorChannel({options.address, options.tls_ca, options.tls_cert, options.tls_key});
+  if (!channel.ok()) return channel.status();
   absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(options.spool);
   if (!spool.ok()) return spool.status();
   Spool::Stats s = (*spool)->stats();
@@ -101,18 +62,12 @@ absl::StatusOr<std::unique_ptr<CollectorClient>> CollectorClient::Create(Options
          options.spool.dir, s.unacked, s.corrupt_total);
   }
   return std::unique_ptr<CollectorClient>(
-      new CollectorClient(std::move(options), *std::move(spool), *std::move(credentials)));
+      new CollectorClient(std::move(options), *std::move(spool), *std::move(channel)));
 }
 
 CollectorClient::CollectorClient(Options options, std::unique_ptr<Spool> spool,
-                                 std::shared_ptr<grpc::ChannelCredentials> credentials)
-    : options_(std::move(options)), spool_(std::move(spool)) {
-  grpc::ChannelArguments args;
-  // Notice a dead collector within seconds rather than at the next write.
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  channel_ = grpc::CreateCustomChannel(options_.address, credentials, args);
+                                 std::shared_ptr<grpc::Channel> channel)
+    : options_(std::move(options)), spool_(std::move(spool)), channel_(std::move(channel)) {
   stub_ = v1::Collector::NewStub(channel_);
   absl::MutexLock lock(&mu_);
   spooled_sequence_ = spool_->stats().last_sequence;

@@ -6,7 +6,7 @@
 #include <string>
 #include <thread>
 
-#include <grpcpp/security/credentials.h>
+#include <grpcpp/channel.h>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -92,7 +92,7 @@ class CollectorClient {
 
  private:
   CollectorClient(Options options, std::unique_ptr<Spool> spool,
-                  std::shared_ptr<grpc::ChannelCredentials> credentials);
+                  std::shared_ptr<grpc::Channel> channel);
 
   void RunSpooler();
   // Moves the in-memory queue into the spool; fsyncs when `sync` or the interval has passed.
@@ -107,7 +107,7 @@ class CollectorClient {
 
   const Options options_;
   const std::unique_ptr<Spool> spool_;
-  std::shared_ptr<grpc::Channel> channel_;
+  const std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Collector::Stub> stub_;
   std::thread spool_thread_;
   std::thread delivery_thread_;
