@@ -435,6 +435,10 @@ void Agent::Housekeeping() {
     metrics_->SetExport(s.queue_depth, s.sent, s.acked, s.send_failures, s.dropped, s.connected);
     metrics_->SetSpoolBytes(s.spool_bytes);
   }
+  if (profile_uploader_ != nullptr) {
+    exporting::ProfileUploader::Stats s = profile_uploader_->stats();
+    metrics_->SetProfileUploads(s.uploads, s.failures);
+  }
 }
 
 // A full fanotify queue drops token opens unseen: count it and raise TW090,

@@ -110,6 +110,11 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
                         .Help("Bytes of the on-disk delivery spool.")
                         .Register(*registry_)
                         .Add({})),
+      profile_uploads_(BuildCounter()
+                           .Name("tokenwatch_profile_uploads_total")
+                           .Help("Learned-profile uploads to the collector, by result: ok "
+                                 "(stored) or failed (refused, or the call failed).")
+                           .Register(*registry_)),
       policy_reloads_(&BuildCounter()
                            .Name("tokenwatch_policy_reloads_total")
                            .Help("Policy loads and reloads attempted.")
@@ -143,6 +148,8 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
   for (const char* reason : {"ring_full", "proc_table_update_failed", "proc_table_evicted"}) {
     drops_.Add({{"reason", reason}});
   }
+  // Both results from the start, so that an alert on failed uploads sees the first one.
+  for (const char* result : {"ok", "failed"}) profile_uploads_.Add({{"result", result}});
   BuildGauge()
       .Name("tokenwatch_build_info")
       .Help("Build and kernel of this agent (labels), value 1.")
@@ -176,6 +183,11 @@ void AgentMetrics::SetExport(uint64_t queue_depth, uint64_t sent, uint64_t acked
   RaiseTo(*send_failures_, failures);
   RaiseTo(*export_dropped_, dropped);
   connected_->Set(connected ? 1 : 0);
+}
+
+void AgentMetrics::SetProfileUploads(uint64_t ok, uint64_t failed) {
+  RaiseTo(profile_uploads_.Add({{"result", "ok"}}), ok);
+  RaiseTo(profile_uploads_.Add({{"result", "failed"}}), failed);
 }
 
 }  // namespace tokenwatch::metrics

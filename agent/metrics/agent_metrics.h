@@ -52,6 +52,9 @@ class AgentMetrics {
   void ProcessingError(const std::string& stage) {
     errors_.Add({{"stage", stage}}).Increment();
   }
+  // Mirrors the profile uploader's counts (ProfileUploader::Stats): uploads the collector
+  // stored, and calls it refused or that failed.
+  void SetProfileUploads(uint64_t ok, uint64_t failed);
   // Bytes of the delivery spool on disk.
   void SetSpoolBytes(uint64_t bytes) { spool_bytes_->Set(static_cast<double>(bytes)); }
   // A policy (re)load: counted always, and as a failure when it was refused.
@@ -88,6 +91,7 @@ class AgentMetrics {
   prometheus::Gauge* connected_;
   prometheus::Family<prometheus::Counter>& errors_;
   prometheus::Gauge* spool_bytes_;
+  prometheus::Family<prometheus::Counter>& profile_uploads_;
   prometheus::Counter* policy_reloads_;
   prometheus::Counter* policy_reload_failures_;
   prometheus::Gauge* apiservers_watched_;

@@ -35,7 +35,8 @@ TEST(AgentMetrics, ExportsEveryDocumentedFamily) {
         "tokenwatch_collector_connected", "tokenwatch_processing_errors_total",
         "tokenwatch_export_spool_bytes", "tokenwatch_policy_reloads_total",
         "tokenwatch_policy_reload_failures_total", "tokenwatch_apiserver_addresses_watched",
-        "tokenwatch_detection_latency_seconds", "tokenwatch_ready", "tokenwatch_build_info"}) {
+        "tokenwatch_detection_latency_seconds", "tokenwatch_ready", "tokenwatch_build_info",
+        "tokenwatch_profile_uploads_total"}) {
     EXPECT_THAT(text, HasSubstr(std::string("# TYPE ") + family + " ")) << family;
   }
   EXPECT_THAT(text, HasSubstr(
@@ -64,6 +65,19 @@ TEST(AgentMetrics, KernelCountersMirrorAndNeverGoBackwards) {
   EXPECT_THAT(Expose(m), HasSubstr("tokenwatch_kernel_drops_total{reason=\"ring_full\"} 9"));
 }
 
+TEST(AgentMetrics, ProfileUploadResultsExistFromTheStartAndMirrorTheUploader) {
+  // An alert on increase(...{result="failed"}) must see the first failure, not a new series.
+  AgentMetrics m("v", "c", "k");
+  std::string text = Expose(m);
+  EXPECT_THAT(text, HasSubstr("tokenwatch_profile_uploads_total{result=\"ok\"} 0"));
+  EXPECT_THAT(text, HasSubstr("tokenwatch_profile_uploads_total{result=\"failed\"} 0"));
+  m.SetProfileUploads(2, 1);
+  m.SetProfileUploads(1, 0);  // a stale read must not lower a counter
+  text = Expose(m);
+  EXPECT_THAT(text, HasSubstr("tokenwatch_profile_uploads_total{result=\"ok\"} 2"));
+  EXPECT_THAT(text, HasSubstr("tokenwatch_profile_uploads_total{result=\"failed\"} 1"));
+}
+
 TEST(AgentMetrics, DetectionLatencyLandsInItsBucket) {
   AgentMetrics m("v", "c", "k");
   m.ObserveDetectionLatency(0.004);
@@ -86,8 +100,9 @@ TEST(AgentMetrics, PolicyReloadFailuresAreCountedApart) {
 
 TEST(AgentMetrics, LabelsAreBoundedNames) {
   // Every label the agent uses: none may carry a pid, a path or a pod.
-  const std::set<std::string> allowed = {"type", "reason", "rule", "severity", "mode", "probe",
-                                         "stage", "outcome", "version", "git_commit", "kernel_release",
+  const std::set<std::string> allowed = {"type",   "reason",     "rule",           "severity",
+                                         "mode",   "probe",      "stage",          "outcome",
+                                         "result", "version",    "git_commit",     "kernel_release",
                                          "le"};
   AgentMetrics m("v", "c", "k");
   testing::FillAgentMetrics(&m);

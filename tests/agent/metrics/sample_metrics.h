@@ -25,6 +25,7 @@ inline void FillAgentMetrics(AgentMetrics* m) {
   m->SetExport(2, 10, 8, 1, 0, true);
   m->ProcessingError("token_lookup");
   m->SetSpoolBytes(4096);
+  m->SetProfileUploads(3, 1);
   m->PolicyReload(true);
   m->SetApiServersWatched(0);
   m->ObserveDetectionLatency(0.012);
