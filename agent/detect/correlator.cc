@@ -182,19 +182,13 @@ std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t 
   fold_key = source != nullptr
                  ? absl::StrCat(rule_id, "/read/", read_id)
                  : absl::StrCat(rule_id, "/", p.container ? p.container->pod_uid : "", "/", p.exe);
-  auto it = folds_.find(fold_key);
-  if (it != folds_.end() && c.time - it->second.first < options_.window) {
-    Fold& fold = it->second;
-    fold.finding.set_count(fold.finding.count() + 1);
-    if (c.time > FromTimestamp(fold.finding.last_seen())) {
-      *fold.finding.mutable_last_seen() = ToTimestamp(c.time);
-    }
-    if (static_cast<size_t>(fold.finding.connections_size()) <
+  if (Fold* fold = OpenFold(fold_key, c.time); fold != nullptr) {
+    Grow(fold, c.time);
+    if (static_cast<size_t>(fold->finding.connections_size()) <
         options_.max_connections_per_finding) {
       v1::Finding one = Build(c, source, rule_id, rule_name, severity, summary);
-      *fold.finding.add_connections() = one.connections(0);
+      *fold->finding.add_connections() = one.connections(0);
     }
-    fold.dirty = true;
     return {};
   }
   v1::Finding f = Build(c, source, rule_id, rule_name, severity, summary);
@@ -203,8 +197,39 @@ std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t 
   return {f};
 }
 
-v1::Finding Correlator::OnArgvToken(absl::Time time, const tokens::TokenInfo& token,
-                                    const process::Lineage& lineage) {
+Correlator::Fold* Correlator::OpenFold(const std::string& key, absl::Time at) {
+  auto it = folds_.find(key);
+  if (it == folds_.end()) return nullptr;
+  if (at - it->second.first < options_.window) return &it->second;
+  if (it->second.dirty) closed_.push_back(std::move(it->second.finding));
+  folds_.erase(it);
+  return nullptr;
+}
+
+void Correlator::Grow(Fold* fold, absl::Time at) {
+  fold->finding.set_count(fold->finding.count() + 1);
+  if (at > FromTimestamp(fold->finding.last_seen())) {
+    *fold->finding.mutable_last_seen() = ToTimestamp(at);
+  }
+  fold->dirty = true;
+}
+
+std::vector<v1::Finding> Correlator::OnArgvToken(absl::Time time, const tokens::TokenInfo& token,
+                                                 const process::Lineage& lineage) {
+  // A script that passes the token to curl every minute is one finding a
+  // window. A pod's token is named by its volume and file, so the fold
+  // survives rotation; a configured path has only its path.
+  const process::ProcessView& p = lineage.process;
+  std::string token_key =
+      token.pod_uid.empty()
+          ? token.host_path
+          : absl::StrCat(token.pod_uid, "\x1f", token.volume, "\x1f", token.file_name);
+  std::string fold_key = absl::StrCat("TW012\x1f", p.container ? p.container->pod_uid : "host",
+                                      "\x1f", p.exe, "\x1f", token_key);
+  if (Fold* fold = OpenFold(fold_key, time); fold != nullptr) {
+    Grow(fold, time);
+    return {};
+  }
   v1::Finding f;
   f.set_id(NewUuid());
   f.set_node(options_.node);
@@ -226,17 +251,16 @@ v1::Finding Correlator::OnArgvToken(absl::Time time, const tokens::TokenInfo& to
   }
   f.set_ancestors_truncated(lineage.truncated);
   f.set_hook_mode(options_.hook_mode);
-  return f;
+  folds_[fold_key] = Fold{f, time, false};
+  return {f};
 }
 
 std::vector<v1::Finding> Correlator::Flush(absl::Time now) {
-  std::vector<v1::Finding> out;
+  std::vector<v1::Finding> out = std::move(closed_);
+  closed_.clear();
   for (auto it = folds_.begin(); it != folds_.end();) {
-    if (it->second.dirty) {
-      out.push_back(it->second.finding);
-      it->second.dirty = false;
-    }
     if (now - it->second.first >= options_.window) {
+      if (it->second.dirty) out.push_back(std::move(it->second.finding));
       folds_.erase(it++);
     } else {
       ++it;
@@ -257,6 +281,17 @@ std::vector<v1::Finding> Correlator::Flush(absl::Time now) {
     }
   }
   if (seen_.size() > 100000) seen_.clear();
+  return out;
+}
+
+std::vector<v1::Finding> Correlator::FlushAll() {
+  std::vector<v1::Finding> out = std::move(closed_);
+  closed_.clear();
+  for (auto& [key, fold] : folds_) {
+    if (!fold.dirty) continue;
+    out.push_back(fold.finding);
+    fold.dirty = false;
+  }
   return out;
 }
 

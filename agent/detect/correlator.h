@@ -41,7 +41,15 @@ struct Connection {
 // every connection of a tainted process. The join also looks back: a
 // connection made before the read (wget --post-file) or by a sibling
 // (cat token | nc) is matched when its process, or its parent, is tainted.
-// Later connections for the same read fold into the open finding.
+//
+// Folding, as the detector does for reads (agent/detect/detector.h): later
+// connections for the same read fold into its open finding; untainted
+// TW020/TW021 contacts fold per (rule, pod, exe); TW012 per (pod, exe,
+// token). A fold lasts one window (Options::window, the correlation window),
+// counted from its first event. Its finding is exported when raised and
+// once more when the window closes (same id, final count, last_seen and
+// connections) if anything folded in, so a process reconnecting every
+// second costs two exports, not one a second.
 //
 // Threading: not thread-safe; the event thread owns it.
 class Correlator {
@@ -76,13 +84,21 @@ class Correlator {
   std::vector<v1::Finding> OnConnection(const Connection& c, uint64_t kernel_read_id);
 
   // A process started with an inventoried token in argv (argv already
-  // redacted).
-  v1::Finding OnArgvToken(absl::Time time, const tokens::TokenInfo& token,
-                          const process::Lineage& lineage);
+  // redacted). Returns the finding to export now, or nothing when it folded
+  // into an open one.
+  std::vector<v1::Finding> OnArgvToken(absl::Time time, const tokens::TokenInfo& token,
+                                       const process::Lineage& lineage);
 
-  // Folded findings whose connections grew since last exported; forgets
-  // reads past the window.
+  // Folds whose window has closed by `now`: the ones that grew since they
+  // were exported, to export again (same id, final count: the collector
+  // keeps the latest); all of them are forgotten, and so are reads past the
+  // window. The agent calls it about once a second.
   std::vector<v1::Finding> Flush(absl::Time now);
+
+  // Every fold that grew since it was exported, whatever its window: for
+  // shutdown, so no count is lost. The folds stay open (a later connection
+  // still folds into them) and count as exported.
+  std::vector<v1::Finding> FlushAll();
 
   bool InCluster(const k8s::IpEndpoint& ip) const {
     return k8s::InRanges(ip, options_.cluster_ranges);
@@ -96,8 +112,16 @@ class Correlator {
   struct Fold {
     v1::Finding finding;
     absl::Time first;
+    // Events folded in since the finding was last exported.
     bool dirty = false;
   };
+
+  // The open fold at `key` that an event at `at` belongs to, or nullptr. A
+  // fold there whose window has closed (Flush has not run since) is retired,
+  // its owed re-export kept for the next Flush, so the event opens a new one.
+  Fold* OpenFold(const std::string& key, absl::Time at);
+  // Counts one more event at `at` into `fold`.
+  static void Grow(Fold* fold, absl::Time at);
 
   // The read a connection belongs to, or nullptr.
   const Read* SourceOf(const Connection& c, uint64_t kernel_read_id, uint64_t* read_id) const;
@@ -110,6 +134,8 @@ class Correlator {
   std::map<uint64_t, Read> reads_;
   std::map<ProcKey, uint64_t> tainted_;  // key -> read id (latest)
   absl::flat_hash_map<std::string, Fold> folds_;
+  // Grown folds retired by OpenFold, waiting for the next Flush.
+  std::vector<v1::Finding> closed_;
   std::set<std::string> seen_;  // connections already handled, for the look-back
 };
 

@@ -201,7 +201,8 @@ void TokenUse::OnConnect(const tw_connect& event) {
                                         event.n_ancestors, event.truncated != 0);
   deps_.name_pod(&c.lineage.process);
   for (process::ProcessView& a : c.lineage.ancestors) deps_.name_pod(&a);
-  for (const v1::Finding& f : correlator_->OnConnection(c, event.tainted ? event.taint_read_id : 0)) {
+  for (const v1::Finding& f :
+       correlator_->OnConnection(c, event.tainted ? event.taint_read_id : 0)) {
     deps_.raise(f);
   }
 }
@@ -219,7 +220,10 @@ void TokenUse::OnArgvToken(const tw_argv_token& event) {
     if (!token.has_value()) continue;
     std::optional<process::Lineage> lineage = LineageOf(event.key);
     if (!lineage.has_value()) return;
-    deps_.raise(correlator_->OnArgvToken(deps_.clock->ToTime(event.hdr.ts_ns), *token, *lineage));
+    for (const v1::Finding& f :
+         correlator_->OnArgvToken(deps_.clock->ToTime(event.hdr.ts_ns), *token, *lineage)) {
+      deps_.raise(f);
+    }
     return;
   }
 }
@@ -234,8 +238,11 @@ void TokenUse::Poll() {
 }
 
 void TokenUse::Housekeeping(absl::Time now) {
-  for (const v1::Finding& f : correlator_->Flush(now)) deps_.raise(f);
+  const std::function<void(const v1::Finding&)>& resend = deps_.resend ? deps_.resend : deps_.raise;
+  for (const v1::Finding& f : correlator_->Flush(now)) resend(f);
   if (now >= next_resolve_) RefreshDestinations();
 }
+
+std::vector<v1::Finding> TokenUse::FlushAll() { return correlator_->FlushAll(); }
 
 }  // namespace tokenwatch::agent

@@ -36,6 +36,10 @@ class TokenUse {
     std::function<std::optional<tokens::TokenInfo>(const std::string&)> lookup_digest;
     std::function<void(process::ProcessView*)> name_pod;
     std::function<void(const v1::Finding&)> raise;
+    // A folded finding sent again with its grown count (same id) when its
+    // window closes: to export, not to count as a new finding, and no news
+    // for the read finding's severity. Unset: raise.
+    std::function<void(const v1::Finding&)> resend;
     // Counts one kernel record of this type ("connect", "argv_token").
     std::function<void(const std::string&)> count_record;
     // Policy or baseline: may this container process call the API server?
@@ -51,8 +55,12 @@ class TokenUse {
   void OnUnexpectedRead(const detect::TokenRead& read);
   // Drains the probe's ring (without waiting).
   void Poll();
-  // Re-resolves the API server every minute; re-exports folded findings.
+  // Re-resolves the API server every minute; re-sends the folds whose
+  // window has closed, if they grew. About once a second.
   void Housekeeping(absl::Time now);
+  // At shutdown, after the last Housekeeping: every fold that grew since it
+  // was sent, whatever its window, to export so no count is lost.
+  std::vector<v1::Finding> FlushAll();
 
   const std::vector<k8s::IpEndpoint>& apiservers() const { return apiservers_; }
   const std::vector<std::string>& attached() const { return probe_->attached(); }

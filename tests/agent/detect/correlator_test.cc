@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "agent/detect/finding_builder.h"
 #include "gtest/gtest.h"
 
 namespace tokenwatch::detect {
@@ -152,7 +153,7 @@ TEST(Correlator, IPv6EgressIsTW011) {
   EXPECT_EQ(f[0].connections(0).address(), "[2001:db8::10]");
 }
 
-TEST(Correlator, LaterConnectionsFoldIntoTheOpenFinding) {
+TEST(Correlator, LaterConnectionsFoldAndAreSentAgainOnceWhenTheWindowCloses) {
   Correlator c(Options());
   c.OnTokenRead(Read(kT0));
   auto first = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
@@ -164,11 +165,107 @@ TEST(Correlator, LaterConnectionsFoldIntoTheOpenFinding) {
                                   v1::TARGET_KIND_APISERVER),
                              0)
                   .empty());
-  auto flushed = c.Flush(kT0 + absl::Seconds(6));
-  ASSERT_EQ(flushed.size(), 1u);
-  EXPECT_EQ(flushed[0].id(), first[0].id());
-  EXPECT_EQ(flushed[0].count(), 2u);
-  EXPECT_EQ(flushed[0].connections_size(), 2);
+  // While the window is open the grown fold waits, however often Flush runs.
+  for (int s = 6; s < 600; s += 60) {
+    EXPECT_TRUE(c.Flush(kT0 + absl::Seconds(s)).empty()) << "at +" << s << "s";
+  }
+  EXPECT_TRUE(c.OnConnection(Conn(kT0 + absl::Minutes(9), P(101, 60, 13, "curl"),
+                                  {P(90, 40, 11, "sh")}, "10.96.0.1:443",
+                                  v1::TARGET_KIND_APISERVER),
+                             0)
+                  .empty());
+  // The window counts from the first connection (kT0 + 1 s).
+  EXPECT_TRUE(c.Flush(kT0 + absl::Seconds(600)).empty());
+  auto closed = c.Flush(kT0 + absl::Seconds(601));
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].id(), first[0].id());
+  EXPECT_EQ(closed[0].count(), 3u);
+  EXPECT_EQ(closed[0].connections_size(), 3);
+  EXPECT_EQ(FromTimestamp(closed[0].last_seen()), kT0 + absl::Minutes(9));
+  EXPECT_EQ(FromTimestamp(closed[0].time()), kT0 + absl::Seconds(1));
+  // Once: the fold is forgotten with its window.
+  EXPECT_TRUE(c.Flush(kT0 + absl::Seconds(602)).empty());
+}
+
+TEST(Correlator, AFoldNothingFoldedIntoIsNotSentAgain) {
+  Correlator c(Options());
+  Correlator::Taint t = c.OnTokenRead(Read(kT0));
+  ASSERT_EQ(c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
+                                "192.0.2.10:80", v1::TARGET_KIND_OTHER),
+                           t.read_id)
+                .size(),
+            1u);
+  EXPECT_TRUE(c.Flush(kT0 + absl::Minutes(11)).empty());
+  EXPECT_TRUE(c.FlushAll().empty());
+}
+
+TEST(Correlator, FlushAllSendsEveryGrownFoldOnceAndKeepsThemOpen) {
+  Correlator c(Options());
+  auto wget = [](absl::Time at) {
+    return Conn(at, P(200, 80, 5, "wget"), {}, "169.254.169.254:80", v1::TARGET_KIND_METADATA);
+  };
+  auto first = c.OnConnection(wget(kT0), 0);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_TRUE(c.OnConnection(wget(kT0 + absl::Seconds(2)), 0).empty());
+  auto all = c.FlushAll();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].id(), first[0].id());
+  EXPECT_EQ(all[0].count(), 2u);
+  EXPECT_EQ(FromTimestamp(all[0].last_seen()), kT0 + absl::Seconds(2));
+  // What was sent is not owed again.
+  EXPECT_TRUE(c.FlushAll().empty());
+  EXPECT_TRUE(c.Flush(kT0 + absl::Minutes(5)).empty());
+  // Still open: a later contact folds into it and is owed at window end.
+  auto again = c.OnConnection(wget(kT0 + absl::Seconds(3)), 0);
+  EXPECT_TRUE(again.empty());
+  auto closed = c.Flush(kT0 + absl::Minutes(10));
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].count(), 3u);
+}
+
+TEST(Correlator, AContactAfterTheWindowOpensANewFindingAndTheOldOneStillGetsItsCount) {
+  Correlator c(Options());
+  auto wget = [](absl::Time at) {
+    return Conn(at, P(200, 80, 5, "wget"), {}, "169.254.169.254:80", v1::TARGET_KIND_METADATA);
+  };
+  auto first = c.OnConnection(wget(kT0), 0);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_TRUE(c.OnConnection(wget(kT0 + absl::Minutes(5)), 0).empty());
+  // No Flush ran since the window closed.
+  auto second = c.OnConnection(wget(kT0 + absl::Minutes(10)), 0);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_NE(second[0].id(), first[0].id());
+  EXPECT_EQ(second[0].count(), 1u);
+  auto owed = c.Flush(kT0 + absl::Minutes(10));
+  ASSERT_EQ(owed.size(), 1u);
+  EXPECT_EQ(owed[0].id(), first[0].id());
+  EXPECT_EQ(owed[0].count(), 2u);
+  EXPECT_TRUE(c.FlushAll().empty());
+}
+
+TEST(Correlator, RepeatedArgvTokensOfOneExecutableFoldPerWindow) {
+  Correlator c(Options());
+  TokenRead r = Read(kT0);
+  r.token.volume = "kube-api-access-abcde";
+  r.token.file_name = "token";
+  process::Lineage curl;
+  curl.process = P(300, 90, 20, "curl");
+  auto first = c.OnArgvToken(kT0, r.token, curl);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].rule_id(), "TW012");
+  // The next minute's run: another process, the same executable and token.
+  curl.process = P(301, 95, 21, "curl");
+  EXPECT_TRUE(c.OnArgvToken(kT0 + absl::Minutes(1), r.token, curl).empty());
+  // Another executable is a finding of its own.
+  process::Lineage wget;
+  wget.process = P(302, 96, 22, "wget");
+  EXPECT_EQ(c.OnArgvToken(kT0 + absl::Minutes(1), r.token, wget).size(), 1u);
+  EXPECT_TRUE(c.Flush(kT0 + absl::Minutes(2)).empty());
+  auto closed = c.Flush(kT0 + absl::Minutes(10));
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].id(), first[0].id());
+  EXPECT_EQ(closed[0].count(), 2u);
+  EXPECT_EQ(FromTimestamp(closed[0].last_seen()), kT0 + absl::Minutes(1));
 }
 
 TEST(Correlator, TheSameConnectionTwiceIsHandledOnce) {
