@@ -482,6 +482,7 @@ void Agent::Run() {
   Housekeeping();
   // Counts still growing in open folds would be lost with the process.
   for (const v1::Finding& finding : detector_->FlushAll()) Export(finding);
+  for (const v1::Finding& finding : use_->FlushAll()) Export(finding);
   policy_->Stop();
   // After the baseline's last save: what was learned last reaches the collector too.
   if (profile_uploader_ != nullptr) profile_uploader_->Stop();
