@@ -10,10 +10,16 @@ standing for the internet). Nothing in the root namespace routes to them.
 An io_uring connect (tests/e2e/uring_connect.c, Debian's liburing) by a
 tainted process is reported like any other.
 
+Later connections for a read fold into its finding, which is sent again
+(same id, final count) once, when the correlation window closes, and at
+agent shutdown if still open. The agent runs with a short
+correlation_window so the window-end re-send arrives within the test.
+
 Usage (root): python3 tests/e2e/test_token_use.py
 Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
 """
 
+import json
 import os
 import re
 import secrets
@@ -31,6 +37,10 @@ TOKEN = SA + "/token"
 APISERVER = ("10.96.0.1", 443)
 METADATA = ("169.254.169.254", 80)
 PUBLIC = ("192.0.2.10", 80)
+# The agent's correlation_window: how long a read taints, and how long its
+# connection findings fold. Each scenario connects within a second or two of
+# its read; the window-end re-send must come within the test.
+WINDOW_S = 20
 
 # Accepts connections on every port it is given and reads what comes.
 SERVER = r"""
@@ -106,7 +116,10 @@ class TokenUseScenarios(unittest.TestCase):
         cls.app.wait_entrypoint_reading()
         cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
         cls.tw.start_collector()
-        cls.tw.start_agent(extra_args=["--apiserver", "%s:%d" % APISERVER])
+        config = os.path.join(node.tmp, "agent.yaml")
+        with open(config, "w") as f:
+            f.write("correlation_window: %ds\n" % WINDOW_S)
+        cls.tw.start_agent(extra_args=["--apiserver", "%s:%d" % APISERVER, "--config", config])
         # The listeners must answer before the scenarios start.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -239,6 +252,36 @@ class TokenUseScenarios(unittest.TestCase):
         self.assert_names_token_of_pod(f)
         self.assertIn("Authorization: Bearer <redacted-jwt>", f["process"]["argv"])
 
+    def sent(self, finding_id):
+        """Every export of the finding, in order, from the agent's JSON lines."""
+        lines = simnode.read_text(self.tw.findings_path).splitlines()
+        return [f for f in (json.loads(x) for x in lines if x.strip())
+                if f.get("id") == finding_id]
+
+    def test_50_reconnects_fold_and_are_sent_again_once_when_the_window_closes(self):
+        nc = self.applet("busybox.t50")
+        started = time.monotonic()
+        self.app.exec(["sh", "-c", "T=$(cat %s); for i in 1 2 3 4 5; do "
+                       "%s nc -w 1 %s %d </dev/null; done; true" % (TOKEN, nc, *APISERVER)])
+        f = self.wait(lambda f: f.get("ruleId") == "TW010"
+                      and argv0(f.get("process") or {}).endswith("busybox.t50"),
+                      "T=$(cat token); five nc to the API server")
+        # Well inside the window: the grown fold waits (the agent's
+        # housekeeping runs every second; it used to re-send each time).
+        time.sleep(3)
+        if time.monotonic() - started < WINDOW_S - 2:
+            self.assertEqual(len(self.sent(f["id"])), 1,
+                             "re-sent while its window was open:\n  " +
+                             "\n  ".join(base.describe(x) for x in self.sent(f["id"])))
+        final = self.wait(lambda x: x.get("id") == f["id"] and base.count_of(x) == 5,
+                          "the fold's final count of 5 connections",
+                          timeout=WINDOW_S + base.FINDING_TIMEOUT)
+        self.assertEqual(len(final.get("connections") or []), 5, base.describe(final))
+        time.sleep(2)  # anything extra would be out by now
+        sent = self.sent(f["id"])
+        self.assertEqual([base.count_of(x) for x in sent], [1, 5],
+                         "\n  ".join(base.describe(x) for x in sent))
+
     def test_90_no_output_holds_the_token(self):
         time.sleep(2)
         outputs = {
@@ -251,6 +294,27 @@ class TokenUseScenarios(unittest.TestCase):
         for secret in self.node.secrets_to_scan():
             for what, text in outputs.items():
                 self.assertNotIn(secret, text, "a token leaked into the " + what)
+
+    def test_99_a_grown_fold_is_sent_at_shutdown(self):
+        # Last: it stops the agent. The window is still open when it stops.
+        nc = self.applet("busybox.t99")
+        self.app.exec(["sh", "-c", "T=$(cat %s); for i in 1 2 3; do "
+                       "%s nc -w 1 %s %d </dev/null; done; true" % (TOKEN, nc, *PUBLIC)])
+        f = self.wait(lambda f: f.get("ruleId") == "TW011"
+                      and argv0(f.get("process") or {}).endswith("busybox.t99"),
+                      "T=$(cat token); three nc out of the cluster")
+        # The kernel has reported all three once the connect records stop
+        # growing (each nc is reported: it is tainted).
+        deadline = time.monotonic() + base.FINDING_TIMEOUT
+        last = -1.0
+        while time.monotonic() < deadline and self.connect_records() != last:
+            last = self.connect_records()
+            time.sleep(1.5)
+        simnode.stop_process(self.tw.agent)
+        self.assertEqual(self.tw.agent.returncode, 0, self.tw.agent_stderr()[-3000:])
+        sent = self.sent(f["id"])
+        self.assertEqual([base.count_of(x) for x in sent], [1, 3],
+                         "\n  ".join(base.describe(x) for x in sent))
 
 
 if __name__ == "__main__":
