@@ -27,6 +27,8 @@ constexpr uint64_t kMergeWindowNs = 2'000'000'000;
 // fanotify intake entries each hold a pidfd: bound them. Past this, opens by
 // new processes are records of their own (the detector still folds them).
 constexpr size_t kMaxIntake = 4096;
+// After a fanotify read of nothing but rereads, the next read waits this long.
+constexpr uint64_t kRereadReadGapNs = 2'000'000;
 
 uint64_t BootNowNs() {
   timespec now{};
@@ -215,10 +217,21 @@ absl::StatusOr<int> TokenHooks::Poll(absl::Duration timeout,
 
 absl::StatusOr<int> TokenHooks::PollFanotify(absl::Duration timeout,
                                              const TokenOpenProbe::Handler& handler) {
-  // Held events are due next round: do not sleep long on them.
+  // Held events are due next round: do not sleep long on them. After a read
+  // of nothing but rereads, the group is left alone a moment (the ring is
+  // still watched): the kernel merges a process's queued rereads meanwhile,
+  // so a reread storm costs the agent a few reads a millisecond, not one per
+  // open. A new reader's open waits that moment at most.
   absl::Duration wait = pending_.empty() ? timeout : absl::Milliseconds(5);
+  const uint64_t start_ns = BootNowNs();
+  const bool fanotify_due = start_ns >= next_fanotify_read_ns_;
+  if (!fanotify_due) {
+    wait = std::min(wait, absl::Nanoseconds(next_fanotify_read_ns_ - start_ns) +
+                              absl::Microseconds(999));
+  }
   pollfd fds[2] = {{probe_->ring_epoll_fd(), POLLIN, 0}, {fanotify_->fd(), POLLIN, 0}};
-  if (poll(fds, 2, static_cast<int>(absl::ToInt64Milliseconds(wait))) < 0 && errno != EINTR) {
+  if (poll(fds, fanotify_due ? 2 : 1, static_cast<int>(absl::ToInt64Milliseconds(wait))) < 0 &&
+      errno != EINTR) {
     return absl::InternalError(absl::StrCat("poll token hooks: ", std::strerror(errno)));
   }
 
@@ -237,6 +250,7 @@ absl::StatusOr<int> TokenHooks::PollFanotify(absl::Duration timeout,
   // reported (fanotify cannot tell io_uring apart; the tracepoint can).
   std::vector<FanotifyWatcher::Event> due;
   due.swap(pending_);
+  size_t folded_in_round = 0;
   for (const FanotifyWatcher::Event& event : due) {
     bool merged = false;
     for (auto it = recent_uring_.begin(); it != recent_uring_.end(); ++it) {
@@ -252,7 +266,10 @@ absl::StatusOr<int> TokenHooks::PollFanotify(absl::Duration timeout,
       continue;
     }
     // A reread within the window: counted before any lineage work.
-    if (FoldAtIntake(event)) continue;
+    if (FoldAtIntake(event)) {
+      ++folded_in_round;
+      continue;
+    }
     static thread_local tw_token_open record;
     record = table_->BuildRecord(event.tgid, event.file, event.ts_ns, max_depth_, TW_HOOK_FANOTIFY);
     record.folded_before = BeginIntakeWindow(event, record);
@@ -265,6 +282,11 @@ absl::StatusOr<int> TokenHooks::PollFanotify(absl::Duration timeout,
     recent_uring_.pop_front();
   }
 
+  if (BootNowNs() < next_fanotify_read_ns_) return handled;
+  // The round's events were all rereads: pace the next read.
+  if (!due.empty() && folded_in_round == due.size()) {
+    next_fanotify_read_ns_ = BootNowNs() + kRereadReadGapNs;
+  }
   auto read = fanotify_->Read(&pending_);
   if (!read.ok()) return read.status();
   fanotify_events_ += static_cast<uint64_t>(*read);

@@ -131,6 +131,7 @@ class TokenHooks {
   uint64_t BeginIntakeWindow(const FanotifyWatcher::Event& event, const tw_token_open& record);
   static TokenOpenProbe::Reopen IntakeReopen(const IntakeKey& key, const Intake& entry);
   uint64_t dedup_window_ns_ = 0;
+  uint64_t next_fanotify_read_ns_ = 0;  // boot clock; pacing during reread storms
   std::string proc_root_ = "/proc";
   absl::flat_hash_map<IntakeKey, Intake> intake_;
   std::vector<TokenOpenProbe::Reopen> retired_;  // replaced entries, reported once more

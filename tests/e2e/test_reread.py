@@ -161,9 +161,12 @@ class RereadScenarios(unittest.TestCase):
         self.assertLessEqual(reported + folded, reads + 15)
         self.assertEqual(self.findings_of("/twbin/rereader"), [],
                          "the entrypoint's rereads raised a finding")
+        sys.stderr.write("mode %s: %d rereads in %ds -> %d records, %d folded\n" % (
+            self.mode, reads, ENTRYPOINT_SECONDS, records, folded))
 
     def test_20_one_process_rereading_in_an_exec_session_is_one_finding_with_every_open(self):
         records0 = self.opens()[2]
+        started = time.monotonic()
         self.app.exec(["/twbin/storm", str(STORM_OPENS)], timeout=60)
         # The fold is sent again with its final count when its window closes.
         deadline = time.monotonic() + WINDOW_S + 20
@@ -177,15 +180,19 @@ class RereadScenarios(unittest.TestCase):
         f = found[0]
         self.assertEqual(f.get("ruleId"), "TW004", base.describe(f))
         count = base.count_of(f)
-        # In BPF modes the kernel counts every open; fanotify may merge a few
-        # identical queued events of one process.
+        # In BPF modes the kernel counts every open. In fanotify mode the
+        # count is a lower bound: the kernel merges a process's identical
+        # queued events, and the agent paces its reads during a reread storm.
         if self.mode == "fanotify":
-            self.assertGreaterEqual(count, 0.9 * STORM_OPENS, base.describe(f))
+            self.assertGreaterEqual(count, 0.25 * STORM_OPENS, base.describe(f))
             self.assertLessEqual(count, STORM_OPENS, base.describe(f))
         else:
             self.assertEqual(count, STORM_OPENS, base.describe(f))
-        # The entrypoint's own rereads and the storm together: a handful of records.
-        self.assertLessEqual(self.opens()[2] - records0, 4)
+        # The storm is one record; the entrypoint adds one a window meanwhile.
+        windows = int(time.monotonic() - started) // WINDOW_S + 2
+        self.assertLessEqual(self.opens()[2] - records0, 1 + windows)
+        sys.stderr.write("mode %s: %d opens by one process -> count %d\n" % (
+            self.mode, STORM_OPENS, count))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 // fanotify modes, with an fd and with a direct descriptor.
 #include <fcntl.h>
 #include <liburing.h>
+#include <poll.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -239,6 +241,54 @@ TEST_F(HookModeBpfTest, FanotifyQueueOverflowIsCounted) {
   EXPECT_LE(events.size(), 4u);
   EXPECT_GE((*watcher)->overflows(), 1u);
 }
+
+// Both kinds of fanotify event name the same file: by handle (nothing is
+// opened for the agent) where the kernel allows it, by fd otherwise.
+class FanotifyEventsTest : public HookModeBpfTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(FanotifyEventsTest, AnOpenIsOneEventNamingTheFileAndTheOpener) {
+  const bool by_handle = GetParam();
+  // On tmpfs too: the kubelet's projected volumes are tmpfs.
+  std::string tmpfs = dir_ + "/tmpfs";
+  ASSERT_EQ(mkdir(tmpfs.c_str(), 0700), 0);
+  ASSERT_EQ(mount("tmpfs", tmpfs.c_str(), "tmpfs", 0, "size=1m"), 0);
+  std::string on_tmpfs = tmpfs + "/token";
+  WriteFile(on_tmpfs);
+  auto watcher = FanotifyWatcher::Create(FanotifyWatcher::Options{0, by_handle});
+  ASSERT_TRUE(watcher.ok()) << watcher.status().message();
+  for (const std::string& path : {token_, on_tmpfs}) {
+    ASSERT_TRUE((*watcher)->Watch(path, IdOf(path)).ok());
+  }
+  EXPECT_EQ((*watcher)->watched(), 2u);
+  if (by_handle) {
+    // This kernel (6.x with tmpfs fsids) names both by handle.
+    EXPECT_EQ((*watcher)->watched_by_handle(), 2u);
+  } else {
+    EXPECT_EQ((*watcher)->watched_by_handle(), 0u);
+  }
+  for (const std::string& path : {token_, on_tmpfs}) {
+    Run({"/bin/cat", path});
+    const uint32_t reader = last_child_;
+    std::vector<FanotifyWatcher::Event> events;
+    pollfd p{(*watcher)->fd(), POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 2000), 1) << "no event for " << path;
+    ASSERT_TRUE((*watcher)->Read(&events).ok());
+    ASSERT_EQ(events.size(), 1u) << path;
+    EXPECT_EQ(events[0].tgid, reader);
+    EXPECT_EQ(events[0].file.ino, IdOf(path).ino);
+    EXPECT_EQ(events[0].file.dev, IdOf(path).dev);
+  }
+  // Unwatched, the file is silent.
+  ASSERT_TRUE((*watcher)->Unwatch(IdOf(on_tmpfs)).ok());
+  Run({"/bin/cat", on_tmpfs});
+  std::vector<FanotifyWatcher::Event> events;
+  ASSERT_TRUE((*watcher)->Read(&events).ok());
+  EXPECT_TRUE(events.empty());
+  watcher->reset();
+  umount2(tmpfs.c_str(), MNT_DETACH);
+}
+
+INSTANTIATE_TEST_SUITE_P(ByHandleAndByFd, FanotifyEventsTest, ::testing::Bool());
 
 class IoUringHookTest : public HookModeBpfTest,
                         public ::testing::WithParamInterface<std::tuple<const char*, bool>> {};
