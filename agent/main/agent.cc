@@ -168,6 +168,8 @@ absl::Status Agent::Init() {
   use_deps.lookup_digest = [this](const std::string& digest) {
     return inventory_->LookupDigest(digest);
   };
+  // A fold re-sent at its window's end is no new finding: exported, not raised.
+  use_deps.resend = [this](const v1::Finding& f) { Export(f); };
   use_deps.raise = [this](const v1::Finding& f) {
     Raise(f);
     // A read whose token was then used is graver: its finding is sent again
