@@ -141,8 +141,10 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   last_unexpected_ = true;
   // Fold by (rule, reader pod, exe, token): the token is named by its owner
   // and file, so the fold survives rotation.
+  // A configured extra path has no pod, volume or file name: its path names it.
   std::string key = absl::StrCat(rule_id, "\x1f", reader_pod, "\x1f", reader.exe, "\x1f",
-                                 token.pod_uid, "\x1f", token.volume, "\x1f", token.file_name);
+                                 token.pod_uid, "\x1f", token.volume, "\x1f", token.file_name,
+                                 "\x1f", token.pod_uid.empty() ? token.host_path : "");
   const bool folding = options_.dedup_window > absl::ZeroDuration();
   if (folding) {
     auto it = folds_.find(key);

@@ -242,6 +242,21 @@ TEST(Detector, CountsEveryOpenAReadStandsFor) {
   EXPECT_EQ(d.folded(), 596u);
 }
 
+TEST(Detector, TwoConfiguredTokenFilesDoNotFoldTogether) {
+  // Extra token paths from the config belong to no pod: only their paths differ.
+  Detector d(Options());
+  TokenRead a = Read("/bin/busybox", "cat", std::nullopt);
+  a.token.pod_uid.clear();
+  a.token.volume.clear();
+  a.token.file_name.clear();
+  a.token.host_path = "/etc/cloud/identity-token";
+  TokenRead b = a;
+  b.token.host_path = "/etc/other/token";
+  EXPECT_EQ(d.OnTokenRead(a).size(), 1u);
+  EXPECT_EQ(d.OnTokenRead(b).size(), 1u);
+  EXPECT_TRUE(d.OnTokenRead(a).empty());
+}
+
 TEST(Detector, DifferentRuleOrExeDoesNotFold) {
   Detector d(Options());
   EXPECT_EQ(d.OnTokenRead(Read("/bin/busybox", "cat", kOwnerUid)).size(), 1u);
