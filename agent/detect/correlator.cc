@@ -177,11 +177,19 @@ std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t 
   } else {
     return {};
   }
-  // Later connections for the same read fold into its finding; untainted
-  // metadata contacts fold per pod and executable.
-  fold_key = source != nullptr
-                 ? absl::StrCat(rule_id, "/read/", read_id)
-                 : absl::StrCat(rule_id, "/", p.container ? p.container->pod_uid : "", "/", p.exe);
+  // Fold by (rule, connecting pod, executable, token), as token reads fold:
+  // 2,000 short-lived `cat | nc` pipelines in one session are one finding
+  // counting 2,000, not 2,000 findings. Untainted contacts fold per pod and
+  // executable.
+  const std::string pod_exe =
+      absl::StrCat(rule_id, "/", p.container ? p.container->pod_uid : "host", "/", p.exe);
+  if (source != nullptr) {
+    const tokens::TokenInfo& t = source->read.token;
+    fold_key = absl::StrCat(pod_exe, "/", t.pod_uid, "/", t.volume, "/", t.file_name, "/",
+                            t.pod_uid.empty() ? t.host_path : "");
+  } else {
+    fold_key = pod_exe;
+  }
   if (Fold* fold = OpenFold(fold_key, c.time); fold != nullptr) {
     Grow(fold, c.time);
     if (static_cast<size_t>(fold->finding.connections_size()) <

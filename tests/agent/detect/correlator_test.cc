@@ -95,6 +95,33 @@ TEST(Correlator, AChildOfTheTaintedShellContactingTheApiServerIsTW010) {
   EXPECT_EQ(f[0].connections(0).port(), 443u);
 }
 
+TEST(Correlator, ManyReadersOfOneTokenUsingItFromOneExecutableAreOneFinding) {
+  // for i in $(seq 100); do sh -c 'T=$(cat token); curl ...'; done: a new
+  // reader and a new curl each time, one finding counting every use.
+  Correlator c(Options());
+  std::vector<v1::Finding> raised;
+  for (uint32_t i = 0; i < 100; ++i) {
+    TokenRead r = Read(kT0 + absl::Seconds(i));
+    r.lineage.process = P(1000 + 2 * i, 100 + i, 20 + i, "cat");
+    r.lineage.ancestors = {P(3000 + i, 90 + i, 500 + i, "sh"), P(80, 10, 1, "controller")};
+    c.OnTokenRead(r);
+    for (v1::Finding& f : c.OnConnection(
+             Conn(kT0 + absl::Seconds(i) + absl::Milliseconds(5), P(1001 + 2 * i, 101 + i, 21 + i,
+                                                                   "curl"),
+                  {P(3000 + i, 90 + i, 500 + i, "sh")}, "10.96.0.1:443",
+                  v1::TARGET_KIND_APISERVER),
+             0)) {
+      raised.push_back(std::move(f));
+    }
+  }
+  ASSERT_EQ(raised.size(), 1u);
+  EXPECT_EQ(raised[0].rule_id(), "TW010");
+  auto flushed = c.Flush(kT0 + absl::Minutes(11));
+  ASSERT_EQ(flushed.size(), 1u);
+  EXPECT_EQ(flushed[0].id(), raised[0].id());
+  EXPECT_EQ(flushed[0].count(), 100u);
+}
+
 TEST(Correlator, AnUntaintedProcessContactingTheApiServerIsNothing) {
   Correlator c(Options());
   c.OnTokenRead(Read(kT0));
@@ -156,8 +183,9 @@ TEST(Correlator, IPv6EgressIsTW011) {
 TEST(Correlator, LaterConnectionsFoldAndAreSentAgainOnceWhenTheWindowCloses) {
   Correlator c(Options());
   c.OnTokenRead(Read(kT0));
-  auto first = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(100, 50, 12, "cat"), {},
-                                   "10.96.0.1:443", v1::TARGET_KIND_APISERVER),
+  auto first = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(101, 60, 13, "curl"),
+                                   {P(90, 40, 11, "sh")}, "10.96.0.1:443",
+                                   v1::TARGET_KIND_APISERVER),
                               0);
   ASSERT_EQ(first.size(), 1u);
   EXPECT_TRUE(c.OnConnection(Conn(kT0 + absl::Seconds(5), P(101, 60, 13, "curl"),
@@ -165,6 +193,12 @@ TEST(Correlator, LaterConnectionsFoldAndAreSentAgainOnceWhenTheWindowCloses) {
                                   v1::TARGET_KIND_APISERVER),
                              0)
                   .empty());
+  // Another executable using the same token is a finding of its own.
+  EXPECT_EQ(c.OnConnection(Conn(kT0 + absl::Seconds(6), P(100, 50, 12, "cat"), {},
+                                "10.96.0.1:443", v1::TARGET_KIND_APISERVER),
+                           0)
+                .size(),
+            1u);
   // While the window is open the grown fold waits, however often Flush runs.
   for (int s = 6; s < 600; s += 60) {
     EXPECT_TRUE(c.Flush(kT0 + absl::Seconds(s)).empty()) << "at +" << s << "s";
@@ -177,7 +211,7 @@ TEST(Correlator, LaterConnectionsFoldAndAreSentAgainOnceWhenTheWindowCloses) {
   // The window counts from the first connection (kT0 + 1 s).
   EXPECT_TRUE(c.Flush(kT0 + absl::Seconds(600)).empty());
   auto closed = c.Flush(kT0 + absl::Seconds(601));
-  ASSERT_EQ(closed.size(), 1u);
+  ASSERT_EQ(closed.size(), 1u);  // the cat's finding never grew
   EXPECT_EQ(closed[0].id(), first[0].id());
   EXPECT_EQ(closed[0].count(), 3u);
   EXPECT_EQ(closed[0].connections_size(), 3);
