@@ -121,6 +121,11 @@ class FindingStore {
   // The journal mode SQLite reports ("wal" when open succeeded); for tests and diagnostics.
   absl::StatusOr<std::string> JournalMode() ABSL_LOCKS_EXCLUDED(read_mu_);
 
+  // The plan SQLite picks for ListPage(query), one EXPLAIN QUERY PLAN line each (e.g. "SEARCH
+  // findings USING INDEX findings_by_node (node=? AND last_seen_ns>? AND last_seen_ns<?)"); for
+  // tests that pin a filter to its index, and for diagnosing a slow query.
+  absl::StatusOr<std::string> QueryPlan(const FindingQuery& query) ABSL_LOCKS_EXCLUDED(read_mu_);
+
  private:
   FindingStore(sqlite3* write_db, sqlite3* read_db) : write_db_(write_db), read_db_(read_db) {}
 
