@@ -353,7 +353,7 @@ int List(int argc, char** argv) {
     tokenwatch::v1::ListFindingsRequest request;
     int expect;
   };
-  std::vector<Case> cases(7);
+  std::vector<Case> cases(9);
   cases[0].name = "newest 100";
   cases[1].name = "newest 100, rule TW010";
   cases[1].request.set_rule_id("TW010");
@@ -368,9 +368,16 @@ int List(int argc, char** argv) {
   cases[5].request.set_pod("api-7");
   cases[6].name = "newest 100, namespace ns-999 (none)";
   cases[6].request.set_namespace_("ns-999");
+  // The namespace and pod filters match the token owner's side or the actor's: every finding
+  // has actor namespace "attacker", none has a pod "api-none".
+  cases[7].name = "newest 100, namespace attacker (actor side)";
+  cases[7].request.set_namespace_("attacker");
+  cases[8].name = "newest 100, pod api-none (none)";
+  cases[8].request.set_pod("api-none");
   for (Case& c : cases) c.expect = 100;
   cases[3].expect = static_cast<int>(std::min<uint64_t>(100, stored / 10000));
   cases[6].expect = 0;
+  cases[8].expect = 0;
   for (Case& c : cases) {
     c.request.set_limit(100);
     std::vector<double> ms;
@@ -390,7 +397,7 @@ int List(int argc, char** argv) {
       if (i > 0) ms.push_back(elapsed);  // the first query warms the page cache
     }
     std::sort(ms.begin(), ms.end());
-    std::printf("list: %-40s p50 %7.2f ms  p95 %7.2f ms  max %7.2f ms (target < 50 ms)\n",
+    std::printf("list: %-44s p50 %7.2f ms  p95 %7.2f ms  max %7.2f ms (target < 50 ms)\n",
                 c.name, ms[ms.size() / 2], ms[ms.size() * 95 / 100], ms.back());
   }
   collector.reset();
