@@ -113,6 +113,8 @@ absl::StatusOr<std::unique_ptr<TokenHooks>> TokenHooks::Open(const Options& opti
   std::unique_ptr<TokenHooks> hooks(new TokenHooks());
   hooks->max_depth_ = options.probe.max_depth;
   hooks->proc_root_ = options.proc_root;
+  hooks->reopen_sweep_ns_ =
+      static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(options.reopen_sweep)));
   hooks->dedup_window_ns_ =
       static_cast<uint64_t>(std::max<int64_t>(0, absl::ToInt64Nanoseconds(options.probe.dedup_window)));
 
@@ -349,7 +351,11 @@ uint64_t TokenHooks::BeginIntakeWindow(const FanotifyWatcher::Event& event,
 }
 
 absl::StatusOr<std::vector<TokenOpenProbe::Reopen>> TokenHooks::ReadReopens() {
-  if (fanotify_ == nullptr) return probe_->ReadReopens();
+  if (fanotify_ == nullptr) {
+    auto reopens = probe_->ReadReopens();
+    if (reopens.ok()) ForgetExitedReopens(*reopens);
+    return reopens;
+  }
   std::vector<TokenOpenProbe::Reopen> out;
   out.swap(retired_);
   const uint64_t now_ns = BootNowNs();
@@ -365,6 +371,23 @@ absl::StatusOr<std::vector<TokenOpenProbe::Reopen>> TokenHooks::ReadReopens() {
     }
   }
   return out;
+}
+
+void TokenHooks::ForgetExitedReopens(const std::vector<TokenOpenProbe::Reopen>& reopens) {
+  // The kernel never forgets an entry but under LRU pressure: without this,
+  // every process that ever read a token (a cron job, 2,000 cats) would be
+  // read back every second. A process that has exited opens nothing more,
+  // so its entry, reported this last time, can go without racing the
+  // kernel. Checked every reopen_sweep (a minute): a /proc read per entry.
+  const uint64_t now_ns = BootNowNs();
+  if (now_ns < next_reopen_sweep_ns_) return;
+  next_reopen_sweep_ns_ = now_ns + reopen_sweep_ns_;
+  for (const TokenOpenProbe::Reopen& reopen : reopens) {
+    std::optional<ProcStatFields> stat = ReadProcStat(proc_root_, reopen.key.proc.tgid);
+    if (!stat.has_value() || stat->start_ticks != reopen.key.proc.start_ticks) {
+      probe_->DeleteReopen(reopen.key);
+    }
+  }
 }
 
 }  // namespace tokenwatch::probes

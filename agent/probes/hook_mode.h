@@ -2,11 +2,11 @@
 
 #include <array>
 #include <cstdint>
-#include <tuple>
 #include <deque>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -54,6 +54,9 @@ class TokenHooks {
     // Where the active LSM list is read ("<dir>/lsm"); mounted if absent.
     std::string securityfs = "/sys/kernel/security";
     std::string proc_root = "/proc";
+    // How often the kernel's reopens entries of exited processes are
+    // deleted (a /proc read per entry); BPF modes.
+    absl::Duration reopen_sweep = absl::Minutes(1);
   };
 
   static absl::StatusOr<std::unique_ptr<TokenHooks>> Open(const Options& options);
@@ -74,10 +77,10 @@ class TokenHooks {
   // Waits up to `timeout` and hands every token-open record to `handler`.
   absl::StatusOr<int> Poll(absl::Duration timeout, const TokenOpenProbe::Handler& handler);
 
-  // The folded reopens, one entry per (process, token, route) whose window
-  // is open or ended since the last call: from the kernel's reopens map, or
-  // from the fanotify intake (whose ended entries are reported one last
-  // time and then forgotten). Each carries its running folded total.
+  // The folded reopens, one entry per (process, token, route), each with its
+  // running folded total: from the kernel's reopens map, or from the
+  // fanotify intake. An entry whose process has exited (or, at intake, whose
+  // window ended) is reported one last time and then forgotten.
   absl::StatusOr<std::vector<TokenOpenProbe::Reopen>> ReadReopens();
 
   // Kernel counters of the BPF side, enum tw_stat.
@@ -130,6 +133,10 @@ class TokenHooks {
   // `record` begins a window for its process: returns the folded count so far.
   uint64_t BeginIntakeWindow(const FanotifyWatcher::Event& event, const tw_token_open& record);
   static TokenOpenProbe::Reopen IntakeReopen(const IntakeKey& key, const Intake& entry);
+  // BPF modes: deletes the kernel's entries of exited processes (once a minute).
+  void ForgetExitedReopens(const std::vector<TokenOpenProbe::Reopen>& reopens);
+  uint64_t reopen_sweep_ns_ = 0;
+  uint64_t next_reopen_sweep_ns_ = 0;
   uint64_t dedup_window_ns_ = 0;
   uint64_t next_fanotify_read_ns_ = 0;  // boot clock; pacing during reread storms
   std::string proc_root_ = "/proc";

@@ -325,6 +325,10 @@ absl::StatusOr<std::vector<TokenOpenProbe::Reopen>> TokenOpenProbe::ReadReopens(
   return out;
 }
 
+void TokenOpenProbe::DeleteReopen(const tw_reopen_key& key) {
+  bpf_map__delete_elem(reopens_, &key, sizeof(key), 0);
+}
+
 std::array<uint64_t, TW_STAT_MAX> TokenOpenProbe::ReadStats() const {
   return SumPerCpuStats(stats_);
 }

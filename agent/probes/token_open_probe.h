@@ -96,10 +96,11 @@ class TokenOpenProbe {
   absl::StatusOr<int> Poll(absl::Duration timeout, const Handler& handler);
 
   // Every entry of the reopens map, a few bpf(2) calls for the whole map.
-  // User space never deletes entries: the kernel restarts an entry's window
-  // in place, and the LRU evicts the idle ones. Deleting from here would
-  // race a restart and count that window's opens twice.
   absl::StatusOr<std::vector<Reopen>> ReadReopens() const;
+  // Deletes an entry. Only for a process that has exited: the kernel
+  // restarts a live process's window in place, and deleting under it would
+  // race that restart.
+  void DeleteReopen(const tw_reopen_key& key);
 
   // Per-CPU counters summed, indexed by enum tw_stat.
   std::array<uint64_t, TW_STAT_MAX> ReadStats() const;

@@ -45,10 +45,10 @@ struct {
  * Repeated opens of one token by one process within the dedup window. The
  * first open of a window is a record; the later ones only count here, so a
  * controller rereading its token every minute costs one record per window,
- * not one per reread. The agent reads the counts back (and deletes entries
- * whose window has ended) and adds them to the finding. LRU: a burst of new
- * readers evicts old windows (their next open is simply a record again),
- * never the other way round.
+ * not one per reread. The agent reads the counts back, adds them to the
+ * finding, and deletes the entries of processes that have exited (no open
+ * can race that). LRU: a burst of new readers evicts old windows (their
+ * next open is simply a record again), never the other way round.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -101,8 +101,8 @@ static __always_inline int token__match(struct file *file, struct tw_file_id *id
  * (*folded_before: the entry's count so far, for the previous window's
  * finding) and the caller emits its record.
  */
-static __always_inline int reopen__fold(struct task_struct *task, const struct tw_reopen_key *key,
-					__u64 now, __u64 *folded_before)
+static __always_inline int reopen__fold(const struct tw_reopen_key *key, __u64 now,
+					__u64 *folded_before)
 {
 	struct tw_reopen fresh = {}, *r;
 
@@ -161,7 +161,7 @@ static __always_inline void token_record__emit(struct task_struct *task, struct 
 		proc__key(task, &key.proc);
 		key.file = *id;
 		key.access = access;
-		if (reopen__fold(task, &key, now, &folded_before))
+		if (reopen__fold(&key, now, &folded_before))
 			return;
 	}
 

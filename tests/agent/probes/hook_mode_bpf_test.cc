@@ -76,6 +76,7 @@ class HookModeBpfTest : public ::testing::Test {
                                  absl::Duration dedup = absl::ZeroDuration()) {
     TokenHooks::Options options;
     options.probe.dedup_window = dedup;
+    options.reopen_sweep = absl::ZeroDuration();  // every read: the tests see it at once
     options.requested = mode;
     options.probe.self_tgid = 0;  // this test process's own opens count
     options.probe.procs_fd = processes_->procs_fd();
@@ -410,6 +411,25 @@ TEST_P(RereadHookTest, AReusedPidIsANewProcessWithARecordOfItsOwn) {
   FoldedFor(hooks_.get(), pid, &entries);
   EXPECT_GE(entries, 1u);
   second.Stop();
+}
+
+TEST_P(RereadHookTest, AnExitedReadersCountIsReportedOnceMoreThenForgotten) {
+  OpenHooks(GetParam(), absl::Minutes(10));
+  PacedReader reader = PacedReader::Start(token_);
+  for (int i = 0; i < 3; ++i) {
+    reader.Open();
+    Drain(i == 0 ? 1 : 0, absl::Milliseconds(100));
+  }
+  const pid_t pid = reader.pid;
+  uint64_t entries = 0;
+  EXPECT_EQ(FoldedFor(hooks_.get(), pid, &entries), 2u);
+  EXPECT_EQ(entries, 1u);
+  reader.Stop();
+  // Gone: its final count once more, then nothing is read back for it.
+  EXPECT_EQ(FoldedFor(hooks_.get(), pid, &entries), 2u);
+  EXPECT_EQ(entries, 1u);
+  FoldedFor(hooks_.get(), pid, &entries);
+  EXPECT_EQ(entries, 0u) << "an exited process's entry is still read back";
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, RereadHookTest, ::testing::Values("tracepoint", "fanotify"));
