@@ -181,7 +181,8 @@ func TestAllFeaturesRenderWellFormedDocuments(t *testing.T) {
 	checkWellFormed(t, docs)
 	for _, id := range [][2]string{
 		{"Certificate", "tokenwatch-collector"}, {"Certificate", "tokenwatch-agent"},
-		{"PodMonitor", "tokenwatch-agent"}, {"PrometheusRule", "tokenwatch"},
+		{"PodMonitor", "tokenwatch-agent"}, {"PodMonitor", "tokenwatch-collector"},
+		{"PrometheusRule", "tokenwatch"},
 		{"NetworkPolicy", "tokenwatch-agent"}, {"NetworkPolicy", "tokenwatch-collector"},
 	} {
 		find(t, docs, id[0], id[1])
@@ -522,9 +523,14 @@ func TestCollectorRunsAsNonRootWithItsRealFlags(t *testing.T) {
 	}
 	c := onlyContainer(t, dep)
 	args := stringsOf(list(c, "args"))
-	want := []string{"--listen=0.0.0.0:9760", "--db=/var/lib/tokenwatch/collector.db"}
+	want := []string{"--listen=0.0.0.0:9760", "--db=/var/lib/tokenwatch/collector.db",
+		"--metrics-address=0.0.0.0:9761"}
 	if !reflect.DeepEqual(args, want) {
 		t.Errorf("collector args %v, want %v", args, want)
+	}
+	for _, opts := range []Options{{}, allFeatures(), {Sets: []string{"collector.metrics.enabled=false",
+		"tls.enabled=true", "tls.clientAuth=true", "tls.collectorSecret=c", "tls.agentSecret=a"}}} {
+		checkCollectorFlagsExist(t, renderChart(t, opts))
 	}
 	if m := mounts(t, dep)["/var/lib/tokenwatch"]; str(m.Volume, "persistentVolumeClaim", "claimName") != "tokenwatch-collector" {
 		t.Errorf("the database does not live on the chart's PVC: %v", m.Volume)
@@ -593,6 +599,7 @@ func checkTLS(t *testing.T, docs []rendered, collectorSecret, agentSecret string
 	}
 	args := stringsOf(list(onlyContainer(t, find(t, docs, "Deployment", "tokenwatch-collector")), "args"))
 	want := []string{"--listen=0.0.0.0:9760", "--db=/var/lib/tokenwatch/collector.db",
+		"--metrics-address=0.0.0.0:9761",
 		"--tls-cert=/etc/tokenwatch-tls/tls.crt", "--tls-key=/etc/tokenwatch-tls/tls.key"}
 	if clientAuth {
 		want = append(want, "--tls-client-ca=/etc/tokenwatch-tls/ca.crt")
@@ -636,13 +643,18 @@ func TestNetworkPolicyAllowsOnlyAgentsToCollectorAndPrometheusToMetrics(t *testi
 		t.Fatal("the collector policy does not select the collector")
 	}
 	ingress := list(collectorNP, "spec", "ingress")
-	if len(ingress) != 1 || len(list(ingress[0], "ports")) != 1 || get(ingress[0], "ports", "[0]", "port") != float64(9760) {
-		t.Fatalf("collector ingress %v, want the gRPC port only", ingress)
+	if len(ingress) != 2 || len(list(ingress[0], "ports")) != 1 || get(ingress[0], "ports", "[0]", "port") != float64(9760) {
+		t.Fatalf("collector ingress %v, want the gRPC port, then the metrics port", ingress)
 	}
 	from := list(ingress[0], "from")
 	if len(from) != 2 || !selects(get(from[0], "podSelector", "matchLabels"), agentLabels) ||
 		get(from[0], "namespaceSelector") != nil {
 		t.Errorf("collector ingress peers %v, want the agents (same namespace) and collectorClients", from)
+	}
+	if len(list(ingress[1], "ports")) != 1 || get(ingress[1], "ports", "[0]", "port") != float64(9761) ||
+		len(list(ingress[1], "from")) != 1 ||
+		str(ingress[1], "from", "[0]", "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") != "monitoring" {
+		t.Errorf("collector metrics ingress %v, want the configured Prometheus to the metrics port only", ingress[1])
 	}
 	if e, ok := get(collectorNP, "spec", "egress").([]interface{}); !ok || len(e) != 0 {
 		t.Errorf("collector egress %v, want none", get(collectorNP, "spec", "egress"))
@@ -684,6 +696,206 @@ func TestPodMonitorScrapesAgentsAsTheRulesExpect(t *testing.T) {
 	}
 	if str(pm, "metadata", "labels", "release") != "prometheus" {
 		t.Error("metrics.podMonitor.labels are not applied")
+	}
+
+	// Every job the alerting rules select is the job of some PodMonitor's pods, so that no
+	// alert waits on series nobody scrapes.
+	raw, err := os.ReadFile(filepath.Join(sourceDir(), "deploy", "prometheus", "tokenwatch-rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ruleJobs := map[string]bool{}
+	for _, m := range regexp.MustCompile(`job="([^"]+)"`).FindAllStringSubmatch(string(raw), -1) {
+		ruleJobs[m[1]] = true
+	}
+	if !ruleJobs["tokenwatch-agent"] || !ruleJobs["tokenwatch-collector"] {
+		t.Fatalf("could not read the rules' jobs (got %v)", ruleJobs)
+	}
+	scraped := map[string]bool{}
+	for _, m := range scrapedTargets(t, docs) {
+		scraped[m.Job] = true
+	}
+	for job := range ruleJobs {
+		if !scraped[job] {
+			t.Errorf("the rules select job=%q, which no PodMonitor scrapes (scraped: %v)", job, scraped)
+		}
+	}
+}
+
+// scrapeTarget is a workload a PodMonitor selects, with the job and container port it scrapes.
+type scrapeTarget struct {
+	Monitor, Workload, Job, Path string
+	Port                         float64
+}
+
+// scrapedTargets resolves each PodMonitor against the rendered pod templates: which workloads
+// its selector matches, the job its jobLabel gives their targets, and the container port its
+// endpoints name.
+func scrapedTargets(t *testing.T, docs []rendered) []scrapeTarget {
+	t.Helper()
+	var out []scrapeTarget
+	for _, pm := range docs {
+		if str(pm.Object, "kind") != "PodMonitor" {
+			continue
+		}
+		for _, w := range docs {
+			switch str(w.Object, "kind") {
+			case "DaemonSet", "Deployment":
+			default:
+				continue
+			}
+			labels := get(w.Object, "spec", "template", "metadata", "labels")
+			if !selects(get(pm.Object, "spec", "selector", "matchLabels"), labels) {
+				continue
+			}
+			for _, ep := range list(pm.Object, "spec", "podMetricsEndpoints") {
+				out = append(out, scrapeTarget{
+					Monitor: str(pm.Object, "metadata", "name"), Workload: str(w.Object, "metadata", "name"),
+					Job:  str(labels, str(pm.Object, "spec", "jobLabel")),
+					Path: str(ep, "path"), Port: containerPort(t, onlyContainer(t, w.Object), str(ep, "port")),
+				})
+			}
+		}
+	}
+	return out
+}
+
+// collectorFlagNames reads the collector's flags from its source, so that a renamed flag fails
+// here rather than crash-looping the collector pod.
+func collectorFlagNames(t *testing.T) map[string]bool {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(sourceDir(), "collector", "collector_main.cc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, m := range regexp.MustCompile(`ABSL_FLAG\(\s*[\w:<>]+\s*,\s*(\w+)\s*,`).FindAllStringSubmatch(string(src), -1) {
+		names[m[1]] = true
+	}
+	if !names["listen"] || !names["db"] {
+		t.Fatalf("could not read the collector's flags from collector_main.cc (got %v)", names)
+	}
+	return names
+}
+
+// checkCollectorFlagsExist: every flag the chart passes the collector is one it defines
+// (absl accepts dashes for underscores).
+func checkCollectorFlagsExist(t *testing.T, docs []rendered) {
+	t.Helper()
+	names := collectorFlagNames(t)
+	for _, arg := range stringsOf(list(onlyContainer(t, find(t, docs, "Deployment", "tokenwatch-collector")), "args")) {
+		name := strings.SplitN(strings.TrimPrefix(arg, "--"), "=", 2)[0]
+		if !strings.HasPrefix(arg, "--") || !names[strings.ReplaceAll(name, "-", "_")] {
+			t.Errorf("collector arg %q is not a collector flag (flags: %v)", arg, names)
+		}
+	}
+}
+
+func argWithPrefix(args []string, prefix string) (string, bool) {
+	for _, a := range args {
+		if strings.HasPrefix(a, prefix) {
+			return strings.TrimPrefix(a, prefix), true
+		}
+	}
+	return "", false
+}
+
+func TestCollectorMetricsAreExposedAndScraped(t *testing.T) {
+	for _, port := range []int{9761, 19761} {
+		sets := []string{fmt.Sprintf("collector.metrics.port=%d", port)}
+		docs := renderChart(t, Options{ValueFiles: []string{allFeaturesFile()}, Sets: sets})
+		dep := find(t, docs, "Deployment", "tokenwatch-collector")
+		c := onlyContainer(t, dep)
+		checkCollectorFlagsExist(t, docs)
+		if addr, _ := argWithPrefix(stringsOf(list(c, "args")), "--metrics-address="); addr != fmt.Sprintf("0.0.0.0:%d", port) {
+			t.Errorf("port %d: the collector serves metrics on %q, not on all interfaces at that port", port, addr)
+		}
+		if got := containerPort(t, c, "metrics"); int(got) != port {
+			t.Errorf("collector container port \"metrics\" is %v, want %d", got, port)
+		}
+
+		var collector []scrapeTarget
+		for _, target := range scrapedTargets(t, docs) {
+			if target.Workload == "tokenwatch-collector" {
+				collector = append(collector, target)
+			} else if target.Job != "tokenwatch-agent" {
+				t.Errorf("%s scrapes %s as job %q", target.Monitor, target.Workload, target.Job)
+			}
+		}
+		if len(collector) != 1 || collector[0].Job != "tokenwatch-collector" || int(collector[0].Port) != port ||
+			collector[0].Path != "/metrics" {
+			t.Errorf("port %d: the collector is scraped as %+v, want once as job tokenwatch-collector "+
+				"on /metrics at that port", port, collector)
+		}
+		if len(collector) == 1 && collector[0].Monitor != "tokenwatch-collector" {
+			t.Errorf("the collector is scraped by PodMonitor %s", collector[0].Monitor)
+		}
+		if str(find(t, docs, "PodMonitor", "tokenwatch-collector"), "metadata", "labels", "release") != "prometheus" {
+			t.Error("metrics.podMonitor.labels are not applied to the collector's PodMonitor")
+		}
+
+		admitted := false
+		for _, rule := range list(find(t, docs, "NetworkPolicy", "tokenwatch-collector"), "spec", "ingress") {
+			for _, p := range list(rule, "ports") {
+				if get(p, "port") == float64(port) &&
+					str(rule, "from", "[0]", "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name") == "monitoring" {
+					admitted = true
+				}
+			}
+		}
+		if !admitted {
+			t.Errorf("the collector's NetworkPolicy does not admit Prometheus to port %d", port)
+		}
+
+		// With the default values too: plain installs scrape by annotation.
+		dep = find(t, renderChart(t, Options{Sets: sets}), "Deployment", "tokenwatch-collector")
+		a := get(dep, "spec", "template", "metadata", "annotations")
+		if str(a, "prometheus.io/scrape") != "true" || str(a, "prometheus.io/port") != fmt.Sprint(port) ||
+			str(a, "prometheus.io/path") != "/metrics" {
+			t.Errorf("collector scrape annotations %v", a)
+		}
+	}
+
+	// The Service carries gRPC only: metrics are scraped from the pod, as the agents' are, and a
+	// LoadBalancer Service would otherwise publish them.
+	docs := renderChart(t, Options{})
+	for _, p := range list(find(t, docs, "Service", "tokenwatch-collector"), "spec", "ports") {
+		if str(p, "targetPort") != "grpc" {
+			t.Errorf("the collector Service exposes %v", p)
+		}
+	}
+
+	// Switched off: no listener, no port, nothing scraped, nothing admitted.
+	docs = renderChart(t, Options{ValueFiles: []string{allFeaturesFile()},
+		Sets: []string{"collector.metrics.enabled=false"}})
+	c := onlyContainer(t, find(t, docs, "Deployment", "tokenwatch-collector"))
+	if addr, ok := argWithPrefix(stringsOf(list(c, "args")), "--metrics-address="); !ok || addr != "" {
+		t.Errorf("collector.metrics.enabled=false: --metrics-address=%q (set %v), want it empty", addr, ok)
+	}
+	for _, p := range list(c, "ports") {
+		if str(p, "name") != "grpc" {
+			t.Errorf("collector.metrics.enabled=false still declares port %v", p)
+		}
+	}
+	if contains(kinds(docs), "PodMonitor/tokenwatch-collector") {
+		t.Error("collector.metrics.enabled=false still renders the collector's PodMonitor")
+	}
+	if n := len(list(find(t, docs, "NetworkPolicy", "tokenwatch-collector"), "spec", "ingress")); n != 1 {
+		t.Errorf("collector.metrics.enabled=false: %d ingress rules, want the gRPC one only", n)
+	}
+	if a := get(find(t, docs, "Deployment", "tokenwatch-collector"), "spec", "template", "metadata",
+		"annotations", "prometheus.io/scrape"); a != nil {
+		t.Errorf("collector.metrics.enabled=false: prometheus.io/scrape=%v", a)
+	}
+
+	chart, err := LoadChart(chartDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = Render(chart, Options{ReleaseName: "tokenwatch", Namespace: "tokenwatch",
+		Sets: []string{"collector.metrics.port=9760"}})
+	if err == nil || !strings.Contains(err.Error(), "collector.metrics.port must differ") {
+		t.Errorf("metrics on the gRPC port: err %v, want a refusal", err)
 	}
 }
 
@@ -730,6 +942,9 @@ func TestSchemaRejectsBadValues(t *testing.T) {
 		{"agent.kubeletRoot=var/lib/kubelet", "agent.kubeletRoot"},
 		{"agent.privileged=yes", "agent.privileged"},
 		{"collector.persistence.size=lots", "collector.persistence.size"},
+		{"collector.metrics.port=70000", "collector.metrics.port"},
+		{"collector.metrics.enabled=yes", "collector.metrics.enabled"},
+		{"collector.metrics.prot=9761", "prot"},
 		{"tls.certManager.issuerRef.kind=Vault", "tls.certManager.issuerRef.kind"},
 		{"agentt.hookMode=auto", "agentt"},
 	} {
