@@ -381,9 +381,4 @@ class PolicyConfigErrors(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    reasons = base.missing_prerequisites()
-    if reasons:
-        print("%s: %s" % ("FAIL (TOKENWATCH_REQUIRE_BPF=1)" if base.REQUIRE else "SKIP",
-                          "; ".join(reasons)), flush=True)
-        sys.exit(1 if base.REQUIRE else 77)
-    unittest.main(verbosity=2)
+    base.main()

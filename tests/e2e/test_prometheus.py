@@ -324,4 +324,4 @@ class Readiness(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    base.main()

@@ -196,4 +196,4 @@ class RereadScenarios(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    base.main()

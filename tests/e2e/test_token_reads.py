@@ -95,6 +95,20 @@ def setUpModule():
         raise unittest.SkipTest("; ".join(reasons))
 
 
+def main():
+    """Every e2e file's entry point: exits 77 (ctest's SKIP_RETURN_CODE) when
+    this machine lacks a prerequisite, or 1 naming it when
+    TOKENWATCH_REQUIRE_BPF=1 (CI); otherwise runs the calling script's tests
+    (a class name argument selects one class). unittest alone would turn
+    setUpModule's SkipTest into exit status 0, which ctest shows as a pass."""
+    reasons = missing_prerequisites()
+    if reasons:
+        print("%s: %s" % ("FAIL (TOKENWATCH_REQUIRE_BPF=1)" if REQUIRE else "SKIP",
+                          "; ".join(reasons)), flush=True)
+        sys.exit(1 if REQUIRE else 77)
+    unittest.main(module="__main__", verbosity=2)
+
+
 # ---------------------------------------------------------------------------
 # Finding helpers
 
@@ -454,9 +468,4 @@ class AgentStartupErrors(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    reasons = missing_prerequisites()
-    if reasons:
-        print("%s: %s" % ("FAIL (TOKENWATCH_REQUIRE_BPF=1)" if REQUIRE else "SKIP",
-                          "; ".join(reasons)), flush=True)
-        sys.exit(1 if REQUIRE else 77)
-    unittest.main(verbosity=2)
+    main()
