@@ -658,6 +658,19 @@ class SimNode:
         host_run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-o", out, source], timeout=120)
         return out
 
+    def static_tools(self, sources, subdir="twbin"):
+        """Compiles each C text of sources ({name: text}) into a static binary
+        <tmp>/<subdir>/<name>; returns the directory (for a container to
+        bind-mount, so its entrypoint or exec'd process can be one of them)."""
+        out_dir = os.path.join(self.tmp, subdir)
+        os.makedirs(out_dir)
+        for name, text in sources.items():
+            source = os.path.join(self.tmp, name + ".c")
+            with open(source, "w") as f:
+                f.write(text)
+            os.rename(self.compile_static(source, name), os.path.join(out_dir, name))
+        return out_dir
+
     def controller_binary(self):
         if self._controller is None:
             self._controller = self.compile_static(CONTROLLER_SRC, "controller")
@@ -746,6 +759,8 @@ class Tokenwatch:
         self.collector_addr = None
         self.metrics_addr = None
         self.findings_path = os.path.join(node.tmp, "findings.jsonl")
+        # Where start_agent(config_text=...) writes the agent's --config file.
+        self.config_path = os.path.join(node.tmp, "agent.yaml")
         self.db_path = os.path.join(node.tmp, "collector.db")
         self.state_dir = os.path.join(node.tmp, "state")
         self.agent_log = os.path.join(node.tmp, "agent.stderr")
@@ -795,10 +810,16 @@ class Tokenwatch:
             argv += ["--collector", self.collector_addr]
         return argv
 
-    def start_agent(self, timeout=30, extra_args=()):
+    def start_agent(self, timeout=30, extra_args=(), config_text=None):
+        """Starts the agent and waits until /readyz answers. config_text, when
+        given, is written to self.config_path and passed as --config."""
         # CI runs the suites once per hook mode (tests/e2e/CMakeLists.txt).
         mode = os.environ.get("TOKENWATCH_E2E_HOOK_MODE")
         extra_args = (["--hook-mode", mode] if mode else []) + list(extra_args)
+        if config_text is not None:
+            with open(self.config_path, "w") as f:
+                f.write(config_text)
+            extra_args += ["--config", self.config_path]
         self.agent = self._spawn(self.agent_argv() + list(extra_args), self.agent_log, "agent")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -854,15 +875,47 @@ class Tokenwatch:
             raise SimNodeError("GET /metrics answered %s" % status)
         return body
 
-    def metric_value(self, name):
-        """Sum of all samples of metric `name` (any labels), or None if absent."""
-        total, seen = 0.0, False
-        for line in self.metrics().splitlines():
-            m = re.match(r"^%s(\{[^}]*\})?\s+(\S+)" % re.escape(name), line)
-            if m:
-                total += float(m.group(2))
-                seen = True
-        return total if seen else None
+    def metric_value(self, name, labels=None):
+        """metric_sum of the agent's /metrics now (None if it does not export `name`)."""
+        return metric_sum(self.metrics(), name, labels)
+
+    def hook_mode(self):
+        """The hook mode the agent resolved to (its tokenwatch_hook_mode_info), or None."""
+        m = re.search(r'^tokenwatch_hook_mode_info\{mode="([^"]+)"\}\s+1\s*$', self.metrics(),
+                      re.M)
+        return m.group(1) if m else None
+
+    def local_findings(self):
+        """Every finding line the agent wrote to its --findings-out file, parsed,
+        in order (a finding sent again appears again). A last line the agent is
+        still writing is left for the next call."""
+        found = []
+        for line in read_text(self.findings_path).splitlines(keepends=True):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                raise SimNodeError("%s holds a non-JSON line: %s" % (self.findings_path,
+                                                                     line[:200]))
+        return found
+
+
+def metric_sum(body, name, labels=None):
+    """Sum of the samples of metric `name` in a Prometheus text body whose labels
+    include `labels` (a dict): 0 when the metric is declared but has no such
+    sample (prometheus-cpp prints a labelled family's samples only once each
+    exists), None when the body does not export the metric at all."""
+    total, seen = 0.0, False
+    for m in re.finditer(r"^%s(?:\{([^}]*)\})?\s+(\S+)\s*$" % re.escape(name), body, re.M):
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if labels and any(have.get(k) != v for k, v in labels.items()):
+            continue
+        total += float(m.group(2))
+        seen = True
+    if not seen and re.search(r"^# TYPE %s\s" % re.escape(name), body, re.M):
+        seen = True
+    return total if seen else None
 
 
 def read_text(path):
