@@ -315,26 +315,14 @@ bool Expectations::OwnPodReaderExpected(const TokenRead& read, bool tool, std::s
   return false;
 }
 
-std::optional<v1::Severity> Expectations::Severity(const std::string& rule_id,
-                                                   const TokenRead& read, v1::Severity base,
-                                                   bool tool,
-                                                   std::vector<std::string>* reasons) const {
+std::optional<v1::Severity> Expectations::RuleSeverity(const std::string& rule_id,
+                                                       const TokenRead& read, v1::Severity base,
+                                                       std::vector<std::string>* reasons) const {
   std::shared_ptr<const Policy> policy = policies_->Current();
   const WorkloadPolicy* wp = policy->Match(WorkloadOf(read, node_));
   std::optional<v1::Severity> severity = policy->RuleSeverity(rule_id, base, wp);
-  if (!severity.has_value()) return std::nullopt;
-  if (*severity != base && reasons != nullptr) {
+  if (severity.has_value() && *severity != base && reasons != nullptr) {
     reasons->push_back(absl::StrCat("policy sets ", rule_id, " to ", SeverityName(*severity)));
-  }
-  // Context is listed even when the rule's base already is that high: the
-  // analyst reads why, not by how much.
-  auto raise = [&](v1::Severity to, std::string reason) {
-    if (*severity < to) *severity = to;
-    if (reasons != nullptr) reasons->push_back(std::move(reason));
-  };
-  if (tool) raise(v1::SEVERITY_HIGH, "reader is a shell, interpreter or transfer tool");
-  if (read.lineage.process.exec_session) {
-    raise(v1::SEVERITY_HIGH, "reader came through an exec session");
   }
   return severity;
 }

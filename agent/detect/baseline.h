@@ -130,11 +130,12 @@ class Expectations {
   // while the window is open). `why` gets the reason it was expected.
   bool OwnPodReaderExpected(const TokenRead& read, bool tool, std::string* why = nullptr);
 
-  // The severity of a finding of `rule_id`: the policy's setting for the rule
-  // (nullopt: the rule is off), raised by context; each raise appends a reason.
-  std::optional<v1::Severity> Severity(const std::string& rule_id, const TokenRead& read,
-                                       v1::Severity base, bool tool,
-                                       std::vector<std::string>* reasons) const;
+  // The policy's severity for a finding of `rule_id` in the reader's
+  // workload (nullopt: the rule is off); when it differs from `base`, the
+  // reason is appended. Context raises it afterwards (the detector).
+  std::optional<v1::Severity> RuleSeverity(const std::string& rule_id, const TokenRead& read,
+                                           v1::Severity base,
+                                           std::vector<std::string>* reasons) const;
 
   // For the connection rules: whether the workload's API-server contact by
   // `exe` is expected (policy apiserver_contact, else the baseline, learning

@@ -30,6 +30,24 @@ std::string Actor(const process::ProcessView& p) {
 
 }  // namespace
 
+void RaiseForContext(const std::string& rule_id, const TokenRead& read, bool tool,
+                     v1::Severity* severity, std::vector<std::string>* reasons) {
+  // Listed even when the severity already is that high: the analyst reads
+  // why, not by how much.
+  auto raise = [&](v1::Severity to, std::string reason) {
+    if (*severity < to) *severity = to;
+    reasons->push_back(std::move(reason));
+  };
+  const process::ProcessView& reader = read.lineage.process;
+  if (tool) raise(v1::SEVERITY_HIGH, "reader is a shell, interpreter or transfer tool");
+  if (reader.exec_session) raise(v1::SEVERITY_HIGH, "reader came through an exec session");
+  // TW002 is the cross-pod rule itself; for TW005 another pod is context.
+  if (rule_id == "TW005" && reader.container.has_value() &&
+      reader.container->pod_uid != read.token.pod_uid) {
+    raise(v1::SEVERITY_CRITICAL, "reader is in another pod");
+  }
+}
+
 bool IsShellOrTool(const std::string& exe, const std::string& comm) {
   static const char* const kTools[] = {
       "sh",   "bash", "dash", "ash",  "zsh",  "ksh",   "busybox", "cat",   "head",   "tail",
@@ -66,8 +84,7 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
     reader_pod = reader.container.has_value() ? reader.container->pod_uid : "host";
     rule_id = "TW005";
     rule_name = "token-read-io-uring";
-    severity = other_pod ? v1::SEVERITY_CRITICAL : v1::SEVERITY_HIGH;
-    if (other_pod) reasons.push_back("reader is in another pod");
+    severity = v1::SEVERITY_HIGH;  // critical from another pod: RaiseForContext
     summary = absl::StrFormat(
         "%s%s opened the service-account token of pod %s (service account %s) through io_uring.",
         Actor(reader), other_pod ? absl::StrCat(" in another pod (uid ", reader_pod, ")") : "",
@@ -117,7 +134,7 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
     }
     rule_id = "TW001";
     rule_name = "token-read-unexpected";
-    severity = tool ? v1::SEVERITY_HIGH : v1::SEVERITY_MEDIUM;
+    severity = v1::SEVERITY_MEDIUM;  // high for shells and tools: RaiseForContext
     summary = absl::StrFormat(
         "%s read the service-account token of its own pod %s (service account %s); the "
         "container's entrypoint is %s.",
@@ -126,17 +143,16 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   }
 
   // The policy may switch the rule off or set its severity; context (a shell,
-  // an exec session) raises it. The reasons go in their own field, not the
-  // summary: the summary says what happened, and the lineage shows the
-  // shell or the exec session again.
+  // an exec session, another pod) then raises it, never lowers it. The
+  // reasons go in their own field, not the summary: the summary says what
+  // happened, and the lineage shows the shell or the exec session again.
   if (options_.expectations != nullptr) {
     std::optional<v1::Severity> set =
-        options_.expectations->Severity(rule_id, read, severity, tool, &reasons);
+        options_.expectations->RuleSeverity(rule_id, read, severity, &reasons);
     if (!set.has_value()) return {};
     severity = *set;
-  } else if (tool && rule_id == "TW001") {
-    reasons.push_back("reader is a shell, interpreter or transfer tool");
   }
+  RaiseForContext(rule_id, read, tool, &severity, &reasons);
 
   last_unexpected_ = true;
   // Fold by (rule, reader pod, exe, token): the token is named by its owner

@@ -115,6 +115,12 @@ class Detector {
   bool last_unexpected_ = false;
 };
 
+// Raises a token-read finding's severity for its context — a shell or tool
+// reader (`tool`), an exec session, another pod for TW005 — appending a
+// reason for each, in that order. Never lowers it.
+void RaiseForContext(const std::string& rule_id, const TokenRead& read, bool tool,
+                     v1::Severity* severity, std::vector<std::string>* reasons);
+
 // True for shells, interpreters, busybox and the usual file/transfer tools,
 // judged by the executable's basename and the task's comm.
 bool IsShellOrTool(const std::string& exe, const std::string& comm);

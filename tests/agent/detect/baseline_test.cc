@@ -276,6 +276,27 @@ TEST_F(DetectorPolicyTest, RuleSeverityAndOff) {
   EXPECT_TRUE(On(quiet).empty());
 }
 
+TEST_F(DetectorPolicyTest, APolicySettingNeverLowersWhatContextRaises) {
+  // README's own example sets TW005 to high: a cross-pod io_uring read is
+  // still critical, and the reasons say both, policy first.
+  Load("policy:\n  learning: {enabled: false}\n  rules:\n    token-read-io-uring: high\n");
+  TokenRead r = Read("/usr/bin/helper", kT0);
+  r.io_uring = true;
+  r.lineage.process.container->pod_uid = "another-pod";
+  auto f = On(r);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].rule_id(), "TW005");
+  EXPECT_EQ(f[0].severity(), v1::SEVERITY_CRITICAL);
+  ASSERT_EQ(f[0].severity_reasons_size(), 1);
+  EXPECT_EQ(f[0].severity_reasons(0), "reader is in another pod");
+  // From the owner pod the policy's high stands.
+  r.lineage.process.container->pod_uid = "pod-1";
+  f = On(r);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].severity(), v1::SEVERITY_HIGH);
+  EXPECT_EQ(f[0].severity_reasons_size(), 0);
+}
+
 TEST_F(DetectorPolicyTest, HostExecutablesFromPolicy) {
   Load("policy:\n  host_executables:\n    - /opt/backup/*\n");
   TokenRead r = Read("/opt/backup/agent", kT0);
