@@ -81,13 +81,14 @@ CollectorMetrics::CollectorMetrics(std::string db_path)
                            .Add({}, Buckets())),
       requests_(BuildHistogram()
                     .Name("tokenwatch_collector_request_duration_seconds")
-                    .Help("Time to answer a query, by gRPC method.")
+                    .Help("Time to answer a unary call (a query or a profile upload), by gRPC "
+                          "method.")
                     .Register(*registry_)) {
   // Every reason and method exists from the start, so rate() sees the first one.
   for (const char* reason : {kUnparsable, kInvalid, kNodeMismatch, kProtocol}) {
     rejected_.Add({{"reason", reason}});
   }
-  for (const char* method : {"ListFindings", "GetFinding"}) {
+  for (const char* method : {"ListFindings", "GetFinding", "UploadProfiles", "ListProfiles"}) {
     requests_.Add({{"method", method}}, Buckets());
   }
 }

@@ -12,16 +12,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/detect/profile_policy.h"
+#include "collector/grpc_status.h"
 #include "collector/peer_names.h"
 
 namespace tokenwatch::collector {
 namespace {
 
 using tokenwatch::v1::LearnedProfile;
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
 
 // A glob is matched by fnmatch(3), which never fails on a bad pattern (an unclosed '[' is
 // taken literally), so only size and characters are checked.
@@ -69,11 +66,9 @@ absl::StatusOr<ProfileQuery> ProfileQueryFromRequest(
         {"node", &request.node()}}) {
     if (absl::Status s = CheckFilter(field, *value); !s.ok()) return s;
   }
-  if (request.limit() > ProfileStore::kMaxListLimit) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("limit: at most ", ProfileStore::kMaxListLimit, ", got ", request.limit()));
-  }
-  if (request.page_token().size() > 4 * profiles::kMaxPathBytes) {
+  // An over-large limit is capped by the store, as ListFindings caps it: a client asking for
+  // "everything" gets full pages and a next_page_token rather than an error.
+  if (request.page_token().size() > ProfileStore::kMaxPageTokenBytes) {
     return absl::InvalidArgumentError("page_token: not a token this collector made");
   }
   ProfileQuery query;
@@ -92,7 +87,8 @@ grpc::ServerUnaryReactor* ProfileRpcs::Upload(grpc::CallbackServerContext* conte
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto finish = [&](grpc::Status status) {
     if (!status.ok()) {
-      // The message names the field, not the (possibly hostile) node string.
+      // The message may quote a node name, but only one ValidateName has accepted: at most
+      // 253 bytes and no control characters, so it cannot forge or break a log line.
       std::fprintf(stderr, "tokenwatch-collector: profile upload from %s: %s\n",
                    context->peer().c_str(), status.error_message().c_str());
     }

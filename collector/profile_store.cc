@@ -83,26 +83,19 @@ absl::StatusOr<Key> DecodeToken(const std::string& token) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ProfileStore>> ProfileStore::Open(const std::string& path) {
-  sqlite3* db = nullptr;
-  int rc = sqlite3_open_v2(
-      path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    absl::Status status = absl::UnavailableError(
-        absl::StrCat("open database ", path, ": ", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
-    sqlite3_close(db);
-    return status;
-  }
-  // The findings' group commit holds the write lock for one fsync at a time.
-  sqlite3_busy_timeout(db, 5000);
+  absl::StatusOr<sqlite3*> db = OpenConnection(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  if (!db.ok()) return db.status();
   // The collector tells an agent its profiles are stored only after the commit; they must
   // survive a power cut like the findings do.
-  for (const char* sql : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", kSchema}) {
-    if (absl::Status s = Exec(db, sql); !s.ok()) {
-      sqlite3_close(db);
-      return absl::InternalError(absl::StrCat("profiles table in ", path, ": ", s.message()));
-    }
+  if (absl::Status s = UseDurableWal(*db, path); !s.ok()) {
+    sqlite3_close(*db);
+    return s;
   }
-  return std::unique_ptr<ProfileStore>(new ProfileStore(db));
+  if (absl::Status s = Exec(*db, kSchema); !s.ok()) {
+    sqlite3_close(*db);
+    return absl::InternalError(absl::StrCat("profiles table in ", path, ": ", s.message()));
+  }
+  return std::unique_ptr<ProfileStore>(new ProfileStore(*db));
 }
 
 ProfileStore::~ProfileStore() { sqlite3_close(db_); }

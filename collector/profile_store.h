@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "agent/detect/profile_policy.h"
 #include "tokenwatch/v1/collector.pb.h"
 
 namespace tokenwatch::collector {
@@ -44,14 +46,19 @@ struct ProfilePage {
 // LearnedProfile kept as a serialized proto.
 //
 // Uploads are rare (an agent sends at most one a minute), so one connection under one mutex
-// serves both writes and reads; WAL mode (set by FindingStore::Open) keeps it from blocking
-// the findings' ingest for longer than a commit.
+// serves both writes and reads; WAL mode (both stores' Open insist on it) keeps it from
+// blocking the findings' ingest for longer than a commit.
 //
 // Threading: every method is safe to call from any thread.
 class ProfileStore {
  public:
   static constexpr uint32_t kDefaultListLimit = 1000;
   static constexpr uint32_t kMaxListLimit = 10000;
+  // The longest page token List makes: the web-safe base64 of the longest key a validated
+  // upload can store (three names, a container path, three separators). A longer token is
+  // not one of ours, and is refused before it is decoded.
+  static constexpr size_t kMaxPageTokenBytes =
+      4 * ((3 * profiles::kMaxNameBytes + profiles::kMaxPathBytes + 3 + 2) / 3);
 
   // Opens (creating if needed) the database at `path` and the profiles table.
   static absl::StatusOr<std::unique_ptr<ProfileStore>> Open(const std::string& path);

@@ -9,14 +9,13 @@
 #include <utility>
 
 #include <google/protobuf/arena.h>
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/wire_format_lite.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "collector/grpc_status.h"
 #include "collector/peer_names.h"
 #include "collector/validate.h"
 
@@ -35,47 +34,6 @@ constexpr size_t kMaxOutOfOrder = 65536;
 constexpr size_t kMaxInFlight = 8192;
 // Findings queued for one watcher that is slower than the ingest.
 constexpr size_t kMaxWatchBacklog = 10000;
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
-// The bytes of the Finding inside a serialized ReportRequest{finding: SequencedFinding{...}},
-// when the request is exactly that field and the finding occurs once in it: they parse to the
-// very Finding that was validated, so the collector stores what the agent sent instead of
-// serialising it again. Empty for any other shape (the finding is then re-serialised).
-absl::string_view FindingBytesIn(absl::string_view request) {
-  using google::protobuf::internal::WireFormatLite;
-  constexpr uint32_t kSequencedFindingTag =
-      WireFormatLite::MakeTag(ReportRequest::kFindingFieldNumber,
-                              WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
-  constexpr uint32_t kFindingTag =
-      WireFormatLite::MakeTag(tokenwatch::v1::SequencedFinding::kFindingFieldNumber,
-                              WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
-  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(request.data()),
-                                            static_cast<int>(request.size()));
-  uint32_t length = 0;
-  if (in.ReadTag() != kSequencedFindingTag || !in.ReadVarint32(&length) ||
-      static_cast<size_t>(in.CurrentPosition()) + length != request.size()) {
-    return {};
-  }
-  absl::string_view found;
-  int occurrences = 0;
-  while (static_cast<size_t>(in.CurrentPosition()) < request.size()) {
-    const uint32_t tag = in.ReadTag();
-    if (tag == 0) return {};
-    if (tag == kFindingTag) {
-      if (!in.ReadVarint32(&length)) return {};
-      const size_t at = static_cast<size_t>(in.CurrentPosition());
-      if (length > request.size() - at || !in.Skip(static_cast<int>(length))) return {};
-      found = request.substr(at, length);
-      ++occurrences;
-    } else if (!WireFormatLite::SkipField(&in, tag)) {
-      return {};
-    }
-  }
-  return occurrences == 1 ? found : absl::string_view();
-}
 
 // One agent's Report stream. Each finding read is validated and handed to the group-commit
 // Ingest; the stream keeps reading meanwhile. Commits come back in order, and the reactor acks

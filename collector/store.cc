@@ -30,20 +30,6 @@ int64_t ClampCount(uint64_t count) {
       std::min<uint64_t>(count, static_cast<uint64_t>(std::numeric_limits<int64_t>::max())));
 }
 
-absl::StatusOr<sqlite3*> OpenConnection(const std::string& path, int flags) {
-  sqlite3* db = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &db, flags | SQLITE_OPEN_NOMUTEX, nullptr);
-  if (rc != SQLITE_OK) {
-    absl::Status status = absl::UnavailableError(absl::StrCat(
-        "open database ", path, ": ", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
-    sqlite3_close(db);
-    return status;
-  }
-  // Another process (a backup, an operator's sqlite3 shell) may hold a lock briefly.
-  sqlite3_busy_timeout(db, 5000);
-  return db;
-}
-
 constexpr char kSchema[] = R"sql(
 CREATE TABLE IF NOT EXISTS findings (
   id TEXT PRIMARY KEY NOT NULL,
@@ -120,13 +106,17 @@ absl::StatusOr<std::vector<Finding>> ReadFindings(sqlite3* db, sqlite3_stmt* stm
   return out;
 }
 
-// A list query's SQL and the values its parameters take, in order.
+// A list query's SQL, the values its parameters take (in order), and the page size.
 struct ListStatement {
   std::string sql;
   std::vector<std::variant<int64_t, std::string>> args;
+  uint32_t limit = 0;  // rows on a full page; the SQL asks for one more to see if more remain
 };
 
-// The SELECT for one page of `query` after the row (after_ns, after_id) when `paged`.
+// The SELECT for one page of `query`: the first page, or the one after the row its page token
+// names. The limit is query.limit, kDefaultListLimit when 0, capped at kMaxListLimit.
+// InvalidArgument for a page token this store did not hand out. ListPage runs the statement,
+// QueryPlan explains it: both see the same SQL for the same query.
 //
 // Only the filters in use appear in the SQL, so SQLite can pick the index that serves them.
 // A namespace or pod filter matches either of two columns; written as an OR, SQLite either
@@ -136,9 +126,21 @@ struct ListStatement {
 // newest first and stops at the limit. The second SELECT leaves out rows the first one has, so
 // a finding whose two columns both match appears once. When both filters are given, the pod
 // (the narrower) is split that way and the namespace stays a plain OR.
-ListStatement BuildList(const FindingQuery& query, bool paged, int64_t after_ns,
-                        const std::string& after_id, uint32_t limit) {
+absl::StatusOr<ListStatement> BuildList(const FindingQuery& query) {
+  const bool paged = !query.page_token.empty();
+  int64_t after_ns = 0;
+  std::string after_id;
+  if (paged) {
+    // "<last_seen_ns>/<id>" of the last row of the previous page.
+    std::vector<std::string> parts = absl::StrSplit(query.page_token, absl::MaxSplits('/', 1));
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &after_ns) || parts[1].size() > 64) {
+      return absl::InvalidArgumentError("page_token: not a token from a previous page");
+    }
+    after_id = parts[1];
+  }
   ListStatement out;
+  out.limit = query.limit == 0 ? FindingStore::kDefaultListLimit
+                               : std::min(query.limit, FindingStore::kMaxListLimit);
   int64_t since_ns = std::numeric_limits<int64_t>::min();
   if (query.since != absl::InfinitePast()) since_ns = absl::ToUnixNanos(query.since);
   int64_t until_ns = std::numeric_limits<int64_t>::max();
@@ -197,7 +199,7 @@ ListStatement BuildList(const FindingQuery& query, bool paged, int64_t after_ns,
     out.args.push_back(split_value);
     out.args.push_back(split_value);
   }
-  absl::StrAppend(&out.sql, " ORDER BY last_seen_ns DESC, id DESC LIMIT ", limit + 1);
+  absl::StrAppend(&out.sql, " ORDER BY last_seen_ns DESC, id DESC LIMIT ", out.limit + 1);
   return out;
 }
 
@@ -223,23 +225,10 @@ absl::StatusOr<std::unique_ptr<FindingStore>> FindingStore::Open(const std::stri
   if (!write_db.ok()) return write_db.status();
   auto close_write = [&] { sqlite3_close(*write_db); };
 
-  for (const char* pragma : {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL"}) {
-    if (absl::Status s = Exec(*write_db, pragma); !s.ok()) {
-      close_write();
-      return s;
-    }
-  }
-  // journal_mode=WAL reports the mode it got instead of failing (e.g. on a filesystem without
-  // shared memory); the concurrent reader below depends on WAL, so insist.
-  {
-    absl::StatusOr<Stmt> stmt = Prepare(*write_db, "PRAGMA journal_mode");
-    if (!stmt.ok() || sqlite3_step(stmt->get()) != SQLITE_ROW ||
-        absl::AsciiStrToLower(reinterpret_cast<const char*>(
-            sqlite3_column_text(stmt->get(), 0))) != "wal") {
-      close_write();
-      return absl::FailedPreconditionError(
-          absl::StrCat("open database ", path, ": cannot enable WAL journal mode"));
-    }
+  // The concurrent reader below depends on WAL.
+  if (absl::Status s = UseDurableWal(*write_db, path); !s.ok()) {
+    close_write();
+    return s;
   }
   if (absl::Status s = Exec(*write_db, kSchema); !s.ok()) {
     close_write();
@@ -356,26 +345,14 @@ absl::StatusOr<std::vector<Finding>> FindingStore::List(const FindingQuery& quer
 }
 
 absl::StatusOr<FindingPage> FindingStore::ListPage(const FindingQuery& query) {
-  int64_t after_ns = 0;
-  std::string after_id;
-  if (!query.page_token.empty()) {
-    // "<last_seen_ns>/<id>" of the last row of the previous page.
-    std::vector<std::string> parts = absl::StrSplit(query.page_token, absl::MaxSplits('/', 1));
-    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &after_ns) || parts[1].size() > 64) {
-      return absl::InvalidArgumentError("page_token: not a token from a previous page");
-    }
-    after_id = parts[1];
-  }
-  const uint32_t limit =
-      query.limit == 0 ? kDefaultListLimit : std::min(query.limit, kMaxListLimit);
-  const ListStatement list =
-      BuildList(query, !query.page_token.empty(), after_ns, after_id, limit);
+  absl::StatusOr<ListStatement> list = BuildList(query);
+  if (!list.ok()) return list.status();
 
   absl::MutexLock lock(&read_mu_);
-  absl::StatusOr<Stmt> stmt = Prepare(read_db_, list.sql.c_str());
+  absl::StatusOr<Stmt> stmt = Prepare(read_db_, list->sql.c_str());
   if (!stmt.ok()) return stmt.status();
   sqlite3_stmt* st = stmt->get();
-  BindAll(st, list);
+  BindAll(st, *list);
   FindingPage page;
   int64_t last_ns = 0;
   std::string last_id;
@@ -383,7 +360,7 @@ absl::StatusOr<FindingPage> FindingStore::ListPage(const FindingQuery& query) {
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) break;
     if (rc != SQLITE_ROW) return SqliteError(read_db_, "query findings");
-    if (page.findings.size() == limit) {
+    if (page.findings.size() == list->limit) {
       page.next_page_token = absl::StrCat(last_ns, "/", last_id);
       break;
     }
@@ -437,14 +414,13 @@ absl::StatusOr<std::string> FindingStore::JournalMode() {
 }
 
 absl::StatusOr<std::string> FindingStore::QueryPlan(const FindingQuery& query) {
-  const uint32_t limit =
-      query.limit == 0 ? kDefaultListLimit : std::min(query.limit, kMaxListLimit);
-  const ListStatement list = BuildList(query, !query.page_token.empty(), 0, "", limit);
-  const std::string sql = absl::StrCat("EXPLAIN QUERY PLAN ", list.sql);
+  absl::StatusOr<ListStatement> list = BuildList(query);
+  if (!list.ok()) return list.status();
+  const std::string sql = absl::StrCat("EXPLAIN QUERY PLAN ", list->sql);
   absl::MutexLock lock(&read_mu_);
   absl::StatusOr<Stmt> stmt = Prepare(read_db_, sql.c_str());
   if (!stmt.ok()) return stmt.status();
-  BindAll(stmt->get(), list);
+  BindAll(stmt->get(), *list);
   std::vector<std::string> details;
   for (;;) {
     int rc = sqlite3_step(stmt->get());

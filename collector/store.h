@@ -97,8 +97,8 @@ class FindingStore {
   FindingStore& operator=(const FindingStore&) = delete;
 
   // Stores the findings in one transaction. A finding whose id is already stored is replaced
-  // only when it carries a higher count or a later last_seen (a fold that grew); re-sending the
-  // same finding changes nothing. Findings must already be validated (see validate.h).
+  // only when it carries a higher count or a later last_seen (a fold that grew), or a raised
+  // severity at no lower count; re-sending the same finding changes nothing. Findings must already be validated (see validate.h).
   // When `changed` is given, it gets one flag per finding: whether the row was inserted or
   // updated (false for an identical re-send).
   absl::Status Upsert(const std::vector<const StoredFinding*>& findings,

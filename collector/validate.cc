@@ -1,18 +1,20 @@
 #include "collector/validate.h"
 
+#include <cstdint>
 #include <string>
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "agent/common/wire_time.h"
 
 namespace tokenwatch::collector {
 namespace {
 
 using tokenwatch::v1::Finding;
 using tokenwatch::v1::Process;
-
-// Findings older than this are not from a tokenwatch agent (the project postdates it).
-const absl::Time kEarliestSaneTime = absl::FromUnixSeconds(946684800);  // 2000-01-01
 
 absl::Status Invalid(absl::string_view field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
@@ -38,28 +40,6 @@ absl::Status CheckStrings(absl::string_view field, const Repeated& values, int m
   return absl::OkStatus();
 }
 
-// A timestamp that is well-formed and within [2000, now + skew].
-absl::Status CheckTime(absl::string_view field, const google::protobuf::Timestamp& ts,
-                       absl::Time now) {
-  if (ts.nanos() < 0 || ts.nanos() > 999999999) return Invalid(field, "nanos out of range");
-  absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-  if (t < kEarliestSaneTime) return Invalid(field, "before the year 2000");
-  if (t > now + kMaxClockSkew) return Invalid(field, "more than 24h in the future");
-  return absl::OkStatus();
-}
-
-// Like CheckTime, for optional timestamps whose only sane requirement is being well-formed
-// (token expiry, process start times of long-lived host processes).
-absl::Status CheckTimestampShape(absl::string_view field,
-                                 const google::protobuf::Timestamp& ts) {
-  if (ts.nanos() < 0 || ts.nanos() > 999999999) return Invalid(field, "nanos out of range");
-  // The proto3 JSON mapping and our int64 nanosecond columns both stop at year 9999.
-  if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799) {
-    return Invalid(field, "outside years 1..9999");
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CheckPod(absl::string_view field, const tokenwatch::v1::Pod& pod) {
   for (auto [name, value] : {std::pair<const char*, const std::string*>{"namespace", &pod.namespace_()},
                              {"name", &pod.name()},
@@ -81,7 +61,7 @@ absl::Status CheckProcess(absl::string_view field, const Process& p) {
     return s;
   }
   if (p.has_start_time()) {
-    if (absl::Status s = CheckTimestampShape(absl::StrCat(field, ".start_time"), p.start_time());
+    if (absl::Status s = ValidateTimestamp(absl::StrCat(field, ".start_time"), p.start_time());
         !s.ok()) {
       return s;
     }
@@ -120,9 +100,12 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
   }
   if (f.count() < 1) return Invalid("finding.count", "must be at least 1");
   if (!f.has_time()) return Invalid("finding.time", "not set");
-  if (absl::Status s = CheckTime("finding.time", f.time(), now); !s.ok()) return s;
+  if (absl::Status s = ValidateObservedTime("finding.time", f.time(), now); !s.ok()) return s;
   if (f.has_last_seen()) {
-    if (absl::Status s = CheckTime("finding.last_seen", f.last_seen(), now); !s.ok()) return s;
+    if (absl::Status s = ValidateObservedTime("finding.last_seen", f.last_seen(), now);
+        !s.ok()) {
+      return s;
+    }
     if (f.last_seen().seconds() < f.time().seconds() ||
         (f.last_seen().seconds() == f.time().seconds() &&
          f.last_seen().nanos() < f.time().nanos())) {
@@ -163,7 +146,7 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
     return Invalid("finding.access.path", "unknown value");
   }
   if (f.token().has_expiry()) {
-    if (absl::Status s = CheckTimestampShape("finding.token.expiry", f.token().expiry());
+    if (absl::Status s = ValidateTimestamp("finding.token.expiry", f.token().expiry());
         !s.ok()) {
       return s;
     }
@@ -182,7 +165,7 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
     }
   }
   if (f.access().has_time()) {
-    if (absl::Status s = CheckTimestampShape("finding.access.time", f.access().time()); !s.ok()) {
+    if (absl::Status s = ValidateTimestamp("finding.access.time", f.access().time()); !s.ok()) {
       return s;
     }
   }
@@ -201,7 +184,7 @@ absl::Status ValidateFinding(const Finding& f, absl::Time now) {
       return Invalid(absl::StrCat(field, ".target"), "unknown value");
     }
     if (c.has_time()) {
-      if (absl::Status s = CheckTimestampShape(absl::StrCat(field, ".time"), c.time()); !s.ok()) {
+      if (absl::Status s = ValidateTimestamp(absl::StrCat(field, ".time"), c.time()); !s.ok()) {
         return s;
       }
     }
@@ -252,6 +235,39 @@ absl::StatusOr<tokenwatch::v1::ReportRequest> ParseReportRequest(absl::string_vi
   return request;
 }
 
+absl::string_view FindingBytesIn(absl::string_view request) {
+  using google::protobuf::internal::WireFormatLite;
+  constexpr uint32_t kSequencedFindingTag =
+      WireFormatLite::MakeTag(tokenwatch::v1::ReportRequest::kFindingFieldNumber,
+                              WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+  constexpr uint32_t kFindingTag =
+      WireFormatLite::MakeTag(tokenwatch::v1::SequencedFinding::kFindingFieldNumber,
+                              WireFormatLite::WIRETYPE_LENGTH_DELIMITED);
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(request.data()),
+                                            static_cast<int>(request.size()));
+  uint32_t length = 0;
+  if (in.ReadTag() != kSequencedFindingTag || !in.ReadVarint32(&length) ||
+      static_cast<size_t>(in.CurrentPosition()) + length != request.size()) {
+    return {};
+  }
+  absl::string_view found;
+  int occurrences = 0;
+  while (static_cast<size_t>(in.CurrentPosition()) < request.size()) {
+    const uint32_t tag = in.ReadTag();
+    if (tag == 0) return {};
+    if (tag == kFindingTag) {
+      if (!in.ReadVarint32(&length)) return {};
+      const size_t at = static_cast<size_t>(in.CurrentPosition());
+      if (length > request.size() - at || !in.Skip(static_cast<int>(length))) return {};
+      found = request.substr(at, length);
+      ++occurrences;
+    } else if (!WireFormatLite::SkipField(&in, tag)) {
+      return {};
+    }
+  }
+  return occurrences == 1 ? found : absl::string_view();
+}
+
 namespace {
 
 absl::Status CheckFilters(tokenwatch::v1::Severity min_severity, const std::string& rule_id,
@@ -276,7 +292,7 @@ absl::Status CheckFilters(tokenwatch::v1::Severity min_severity, const std::stri
 
 absl::StatusOr<absl::Time> QueryTime(absl::string_view field,
                                      const google::protobuf::Timestamp& ts) {
-  if (absl::Status s = CheckTimestampShape(field, ts); !s.ok()) return s;
+  if (absl::Status s = ValidateTimestamp(field, ts); !s.ok()) return s;
   return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
 }
 

@@ -18,9 +18,8 @@ inline constexpr int kMaxArgv = 256;
 inline constexpr int kMaxAncestors = 64;
 inline constexpr int kMaxConnections = 1024;
 inline constexpr int kMaxListEntries = 64;  // mitre ids, severity reasons, audiences
-// How far in the future a finding's time may lie: agents' clocks drift, but a finding from
-// next year is a bug or a forgery and would sort above everything real.
-inline constexpr absl::Duration kMaxClockSkew = absl::Hours(24);
+// A finding's own times (time, last_seen) lie in [kEarliestSaneTime, now + kMaxClockSkew]; the
+// other times in it need only be valid Timestamps (agent/common/wire_time.h).
 
 // True when `id` is a UUID in the 8-4-4-4-12 hex form (either case).
 bool IsUuid(absl::string_view id);
@@ -43,6 +42,15 @@ absl::Status ValidateReportRequest(const tokenwatch::v1::ReportRequest& request,
 // an agent sends. InvalidArgument for bytes that are not a ReportRequest.
 absl::StatusOr<tokenwatch::v1::ReportRequest> ParseReportRequest(absl::string_view bytes,
                                                                 absl::Time now);
+
+// The bytes of the Finding inside a serialized ReportRequest{finding: SequencedFinding{...}},
+// when `request` is exactly that one top-level field and the finding field occurs once in it:
+// those bytes then parse to the very Finding that ParseFromString produced (and that was
+// validated), so the collector can store what the agent sent instead of serialising it again.
+// Empty for any other shape, e.g. a field repeated (protobuf merges repeats, so the stored
+// bytes would hold only part of it) or a trailing field; the caller then re-serialises.
+// Unknown fields inside SequencedFinding are skipped: they do not change the finding.
+absl::string_view FindingBytesIn(absl::string_view request);
 
 // Turns ListFindings filters into a store query; InvalidArgument for out-of-range values.
 absl::StatusOr<FindingQuery> QueryFromRequest(const tokenwatch::v1::ListFindingsRequest& request);

@@ -177,6 +177,12 @@ std::vector<v1::Finding> Correlator::OnConnection(const Connection& c, uint64_t 
   } else {
     return {};
   }
+  // Every use, a folded one too: a second reader whose use folds into the
+  // first one's TW010 still has its own read finding to raise.
+  if (source != nullptr && (rule_id == "TW010" || rule_id == "TW011") &&
+      options_.on_token_used) {
+    options_.on_token_used(rule_id, source->read);
+  }
   // Fold by (rule, connecting pod, executable, token), as token reads fold:
   // 2,000 short-lived `cat | nc` pipelines in one session are one finding
   // counting 2,000, not 2,000 findings. Untainted contacts fold per pod and

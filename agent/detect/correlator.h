@@ -63,6 +63,10 @@ class Correlator {
     // Whether contacting the API server is expected of this (untainted)
     // container process: policy or learned baseline. Unset: always.
     std::function<bool(const process::ProcessView&)> apiserver_contact_expected;
+    // Called for every connection that uses a read token (TW010, TW011),
+    // folded or not, with the read it traces back to: the read finding's
+    // severity rises with what its token was used for.
+    std::function<void(const std::string& rule_id, const TokenRead& read)> on_token_used;
   };
   struct Taint {
     uint64_t read_id = 0;

@@ -76,6 +76,7 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   std::string reader_pod = "host";
   const bool tool = IsShellOrTool(reader.exe, reader.comm);
   last_unexpected_ = false;
+  last_finding_id_.clear();
 
   if (read.io_uring) {
     // io_uring opens pass no open system call, which is how readers hide
@@ -172,7 +173,7 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
       }
       fold.dirty = true;
       folded_ += read.opens;
-      IndexReader(read, key, &fold);
+      last_finding_id_ = fold.finding.id();
       return {};
     }
     // This read opens a new window. The fold it replaces (Flush has not
@@ -188,32 +189,16 @@ std::vector<v1::Finding> Detector::OnTokenRead(const TokenRead& read) {
   if (reader.exec_session) finding.add_mitre("T1609");
   finding.set_count(read.opens);
   for (std::string& reason : reasons) finding.add_severity_reasons(std::move(reason));
+  last_finding_id_ = finding.id();
   if (folding) {
-    Fold& fold = folds_[key];
-    fold = Fold{finding, read.time, false, {}};
-    IndexReader(read, key, &fold);
+    folds_[key] = Fold{finding, read.time, false};
+    fold_of_id_[finding.id()] = key;
   }
   return {std::move(finding)};
 }
 
-void Detector::IndexReader(const TokenRead& read, const std::string& fold_key, Fold* fold) {
-  if (fold->readers.size() >= kMaxReadersPerFold) return;
-  std::string reader =
-      absl::StrCat(process::ExecId(options_.node, read.lineage.process), "\x1f",
-                   read.token.host_path);
-  auto [it, inserted] = readers_.try_emplace(reader);
-  if (!inserted && it->second.second == fold->finding.id()) return;
-  it->second = {fold_key, fold->finding.id()};
-  fold->readers.push_back(std::move(reader));
-}
-
 void Detector::Erase(absl::flat_hash_map<std::string, Fold>::iterator it) {
-  const std::string& id = it->second.finding.id();
-  for (const std::string& reader : it->second.readers) {
-    auto r = readers_.find(reader);
-    // A reader that read again into a later fold belongs to that one now.
-    if (r != readers_.end() && r->second.second == id) readers_.erase(r);
-  }
+  fold_of_id_.erase(it->second.finding.id());
   folds_.erase(it);
 }
 
@@ -243,32 +228,30 @@ std::vector<v1::Finding> Detector::FlushAll() {
   return out;
 }
 
-std::vector<v1::Finding> Detector::OnTokenUsed(const v1::Finding& use) {
+std::vector<v1::Finding> Detector::OnTokenUsed(const std::string& use_rule,
+                                               const std::string& read_finding_id) {
   v1::Severity to;
   std::string reason;
-  if (use.rule_id() == "TW010") {
+  if (use_rule == "TW010") {
     to = v1::SEVERITY_CRITICAL;
     reason = "the token was then used: a connection to the API server (TW010)";
-  } else if (use.rule_id() == "TW011") {
+  } else if (use_rule == "TW011") {
     to = v1::SEVERITY_HIGH;
     reason = "the token was then followed by a connection outside the cluster (TW011)";
   } else {
     return {};
   }
-  if (!use.has_reader()) return {};
-  auto r = readers_.find(
-      absl::StrCat(use.reader().exec_id(), "\x1f", use.token().host_path()));
-  if (r == readers_.end()) return {};
-  auto it = folds_.find(r->second.first);
-  if (it == folds_.end() || it->second.finding.id() != r->second.second) return {};
-  v1::Finding& finding = it->second.finding;
+  auto id = fold_of_id_.find(read_finding_id);
+  if (id == fold_of_id_.end()) return {};
+  Fold& fold = folds_.at(id->second);
+  v1::Finding& finding = fold.finding;
   for (const std::string& listed : finding.severity_reasons()) {
     if (listed == reason) return {};
   }
   if (finding.severity() < to) finding.set_severity(to);
   finding.add_severity_reasons(std::move(reason));
   // Exported in full now: the count folded so far goes with it.
-  it->second.dirty = false;
+  fold.dirty = false;
   return {finding};
 }
 

@@ -71,17 +71,21 @@ class Detector {
   // later read still folds into them) and count as exported.
   std::vector<v1::Finding> FlushAll();
 
-  // `use` is a token-use finding from the correlator (TW010 token used
-  // against the API server, TW011 egress). When its `reader` read the token
-  // into a fold that is still open, that read finding's severity is raised
-  // (critical for TW010, high for TW011) and the reason listed; returns it
-  // to export now, or nothing when it was already so.
-  std::vector<v1::Finding> OnTokenUsed(const v1::Finding& use);
+  // The token that `read_finding_id` (a read finding this detector raised
+  // or folded into, TokenRead::finding_id) stands for was then used:
+  // `use_rule` TW010 (API server) raises it to critical, TW011 (egress) to
+  // high, with the reason listed. Returns the finding to export now while
+  // its fold is open, or nothing when it was already so.
+  std::vector<v1::Finding> OnTokenUsed(const std::string& use_rule,
+                                       const std::string& read_finding_id);
 
   uint64_t folded() const { return folded_; }
   // Whether the last OnTokenRead judged the read unexpected (a finding was
   // raised or folded), so the correlator taints only such readers.
   bool last_unexpected() const { return last_unexpected_; }
+  // The id of the finding the last unexpected read was raised as or folded
+  // into ("" when it was expected).
+  const std::string& last_finding_id() const { return last_finding_id_; }
 
  private:
   struct Fold {
@@ -89,30 +93,21 @@ class Detector {
     absl::Time first;
     // Reads folded in since the finding was last exported.
     bool dirty = false;
-    // Keys into readers_ of the processes whose reads are in this fold
-    // (bounded by kMaxReadersPerFold), forgotten with it.
-    std::vector<std::string> readers;
   };
-  // The readers of one fold that a later use can be traced back to; past
-  // that (thousands of short-lived readers), a use by the others no longer
-  // raises the fold, which has already said "many readers" by its count.
-  static constexpr size_t kMaxReadersPerFold = 4096;
 
-  // Remembers that the process of `read` read into the fold at `fold_key`.
-  void IndexReader(const TokenRead& read, const std::string& fold_key, Fold* fold);
-  // Forgets a fold and its readers.
+  // Forgets a fold (and its id).
   void Erase(absl::flat_hash_map<std::string, Fold>::iterator it);
 
   DetectorOptions options_;
   absl::flat_hash_map<std::string, Fold> folds_;
-  // (reader exec id, token host path) -> (fold key, finding id): the id
-  // tells a fold from the one that replaced it under the same key.
-  absl::flat_hash_map<std::string, std::pair<std::string, std::string>> readers_;
+  // finding id -> its fold's key, for OnTokenUsed.
+  absl::flat_hash_map<std::string, std::string> fold_of_id_;
   // Grown folds whose window closed when a new read replaced them, waiting
   // for the next Flush.
   std::vector<v1::Finding> closed_;
   uint64_t folded_ = 0;
   bool last_unexpected_ = false;
+  std::string last_finding_id_;
 };
 
 // Raises a token-read finding's severity for its context — a shell or tool

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "agent/common/wire_time.h"
 #include "yaml-cpp/yaml.h"
 
 namespace tokenwatch::profiles {
@@ -68,15 +69,6 @@ bool HasControl(const std::string& text) {
 
 absl::Status Invalid(const std::string& field, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
-}
-
-absl::Status ValidateTimestamp(const std::string& field, const google::protobuf::Timestamp& ts) {
-  // Year 1 to 9999, as google.protobuf.Timestamp defines.
-  if (ts.seconds() < -62135596800 || ts.seconds() > 253402300799 || ts.nanos() < 0 ||
-      ts.nanos() > 999999999) {
-    return Invalid(field, "not a valid timestamp");
-  }
-  return absl::OkStatus();
 }
 
 absl::Status ValidateExecutables(
@@ -144,14 +136,15 @@ absl::Status ValidateProfile(const v1::LearnedProfile& p, const std::string& fie
   const std::string ends = absl::StrCat(field, ".learning_ends");
   if (!p.has_learning_started()) return Invalid(started, "not set");
   if (!p.has_learning_ends()) return Invalid(ends, "not set");
-  if (absl::Status s = ValidateTimestamp(started, p.learning_started()); !s.ok()) return s;
-  if (absl::Status s = ValidateTimestamp(ends, p.learning_ends()); !s.ok()) return s;
-  const absl::Time start = TimeOf(p.learning_started());
-  if (start < absl::FromCivil(absl::CivilSecond(2000, 1, 1, 0, 0, 0), absl::UTCTimeZone())) {
-    return Invalid(started, "before the year 2000");
+  // The window's end is the agent's arithmetic (start plus the configured learning window),
+  // not something it observed, so only its form and order are checked.
+  if (absl::Status s = ValidateObservedTime(started, p.learning_started(), now); !s.ok()) {
+    return s;
   }
-  if (start > now + kMaxClockSkew) return Invalid(started, "more than 24 h in the future");
-  if (TimeOf(p.learning_ends()) < start) return Invalid(ends, "before learning_started");
+  if (absl::Status s = ValidateTimestamp(ends, p.learning_ends()); !s.ok()) return s;
+  if (TimeOf(p.learning_ends()) < TimeOf(p.learning_started())) {
+    return Invalid(ends, "before learning_started");
+  }
   return absl::OkStatus();
 }
 

@@ -24,13 +24,12 @@ inline constexpr size_t kMaxNameBytes = 253;
 // The collector's receive limit is 4 MiB; an upload stays clear of it.
 inline constexpr size_t kMaxUploadBytes = 3 * 1024 * 1024;
 
-// How far ahead of the collector's clock a profile's start may lie (agents' clocks drift).
-inline constexpr absl::Duration kMaxClockSkew = absl::Hours(24);
-
 // Checks one profile of an upload against the bounds above: namespace and workload present,
 // names and paths bounded and free of control characters (they end up in YAML and on
-// terminals), at most kMaxExecutablesPerList entries per list, learning_started set and
-// neither before 2000 nor more than kMaxClockSkew after `now`, learning_ends not before it.
+// terminals), at most kMaxExecutablesPerList entries per list, learning_started and
+// learning_ends set and valid Timestamps, learning_started neither before kEarliestSaneTime
+// nor more than kMaxClockSkew after `now` (agent/common/wire_time.h, the bounds the collector
+// applies to a finding's times), learning_ends not before it.
 // The node is the caller's business. InvalidArgument naming the field with `field` in front,
 // e.g. "profiles[3].token_readers[2].path: longer than 4096 bytes".
 absl::Status ValidateProfile(const v1::LearnedProfile& profile, const std::string& field,

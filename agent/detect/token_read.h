@@ -23,6 +23,10 @@ struct TokenRead {
   // the dedup window and reports them afterwards (counted in the kernel, or
   // at fanotify intake), so the finding's count is every open.
   uint64_t opens = 1;
+  // The finding this read was raised as or folded into, set by the agent
+  // after detection ("" for an expected read): a later use of the token
+  // (TW010, TW011) raises that finding's severity.
+  std::string finding_id;
   // The reader's container's entrypoint binary; "" for a host process or when
   // it could not be found.
   std::string entrypoint_exe;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <utility>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
@@ -45,7 +46,8 @@ v1::Finding MakeFindingsDroppedFinding(const std::string& node, uint64_t dropped
   f.add_mitre("T1562.006");
   f.set_summary(absl::StrCat(dropped + corrupt,
                              " findings were lost before the collector could store them (",
-                             dropped, " dropped because the agent's spool was full, ", corrupt,
+                             dropped, " dropped because the agent's spool was full or could "
+                             "not take them, ", corrupt,
                              " damaged in the spool)"));
   return f;
 }
@@ -108,6 +110,7 @@ void CollectorClient::Enqueue(const v1::Finding& finding) {
   while (pending_.size() > options_.max_queue) {
     pending_.pop_front();
     ++queue_dropped_;
+    ++drops_to_spool_;
   }
 }
 
@@ -141,9 +144,11 @@ void CollectorClient::RunSpooler() {
 
 void CollectorClient::SpoolPending(bool sync) {
   std::deque<v1::Finding> batch;
+  uint64_t overflowed;
   {
     absl::MutexLock lock(&mu_);
     batch.swap(pending_);
+    overflowed = std::exchange(drops_to_spool_, 0);
   }
   uint64_t last = 0;
   uint64_t failed = 0;
@@ -156,6 +161,9 @@ void CollectorClient::SpoolPending(bool sync) {
       if (failed == 1) Logf(LogLevel::kWarning, "%s", sequence.status().message());
     }
   }
+  // Handed over here rather than in Enqueue, which must not wait on a stalled disk; written to
+  // disk by the batch's fsync, so the count survives a SIGKILL as the appended findings do.
+  spool_->CountDropped(overflowed + failed);
   const absl::Time now = absl::Now();
   if (sync || now - last_sync_ >= options_.sync_interval) {
     if (absl::Status s = spool_->Sync(); !s.ok()) Logf(LogLevel::kWarning, "%s", s.message());
@@ -189,16 +197,12 @@ void CollectorClient::RunDelivery() {
 
 void CollectorClient::ReportLosses() {
   absl::MutexLock report_lock(&report_mu_);
-  uint64_t queue_lost;
-  {
-    absl::MutexLock lock(&mu_);
-    queue_lost = queue_dropped_ - queue_dropped_reported_;
-  }
   // The report goes straight into the spool, durably, in the same step that clears the spool's
-  // persisted loss counts: a SIGKILL at any point leaves the loss counted or reported.
+  // persisted loss counts (memory queue overflows among them, see SpoolPending): a SIGKILL at
+  // any point leaves the loss counted or reported.
   Spool::Lost reported;
   absl::StatusOr<uint64_t> sequence =
-      spool_->AppendLossReport(queue_lost, [&](const Spool::Lost& lost) {
+      spool_->AppendLossReport([&](const Spool::Lost& lost) {
         reported = lost;
         return MakeFindingsDroppedFinding(options_.node, lost.dropped, lost.corrupt,
                                           absl::Now());
@@ -214,7 +218,6 @@ void CollectorClient::ReportLosses() {
        reported.dropped + reported.corrupt, reported.dropped, reported.corrupt,
        kFindingsDroppedRuleId);
   absl::MutexLock lock(&mu_);
-  queue_dropped_reported_ += queue_lost;
   ++stats_.drop_reports;
   spooled_sequence_ = std::max(spooled_sequence_, *sequence);
 }

@@ -118,14 +118,16 @@ class CollectorClient {
   // The newest sequence number the spool holds, so the sender knows when to read.
   uint64_t spooled_sequence_ ABSL_GUARDED_BY(mu_) = 0;
   // Serialises ReportLosses (the stream's writer and its ack reader both call it), so that one
-  // count of queue overflows goes into one report.
+  // count of losses goes into one report.
   absl::Mutex report_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stream_broken_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* live_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Findings lost before the spool (memory queue overflow, failed appends), for stats().
   uint64_t queue_dropped_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t queue_dropped_reported_ ABSL_GUARDED_BY(mu_) = 0;
+  // Memory queue overflows not yet handed to the spool's loss count.
+  uint64_t drops_to_spool_ ABSL_GUARDED_BY(mu_) = 0;
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -105,7 +105,6 @@ void ProfileUploader::StartUpload(absl::Time now) {
   Call* raw = call.get();
   {
     absl::MutexLock lock(&mu_);
-    stats_.trimmed += trimmed;
     call_ = std::move(call);
     call_done_ = false;
   }
@@ -123,7 +122,6 @@ void ProfileUploader::OnDone(Call* call, const grpc::Status& status) {
   call_done_ = true;
   if (status.ok()) {
     ++stats_.uploads;
-    stats_.profiles = static_cast<size_t>(call->request.profiles_size());
     uploaded_generation_ = call->generation;
     if (failing_ || stats_.uploads == 1) {
       Logf(LogLevel::kInfo, "profile upload: %d learned profiles stored at the collector %s",

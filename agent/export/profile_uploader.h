@@ -24,7 +24,8 @@ namespace tokenwatch::exporting {
 // Uploads happen at the first Tick (startup), then when the profiles changed since the last
 // accepted upload, at most once per `interval`; a failed upload is retried after `interval`.
 // Profiles the collector would refuse are trimmed first (over-long lists, paths with control
-// characters) and counted, so one odd workload cannot block the node's uploads.
+// characters), with a warning naming how many, so one odd workload cannot block the node's
+// uploads.
 //
 // Threading: Tick() and Stop() from one thread (the agent's event loop); they never wait on the
 // network except Stop() for its `drain`. The call completes on a gRPC thread; stats() from any
@@ -49,9 +50,6 @@ class ProfileUploader {
   struct Stats {
     uint64_t uploads = 0;   // accepted by the collector
     uint64_t failures = 0;  // refused or failed calls
-    // Profiles and executables left out of uploads because the collector would refuse them.
-    uint64_t trimmed = 0;
-    size_t profiles = 0;  // in the last accepted upload
   };
 
   // Reads the TLS files; fails with a message naming the config key and file.

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "agent/common/log.h"
 
 namespace tokenwatch::exporting {
 namespace {
@@ -157,6 +158,7 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Open(Options options) {
 Spool::~Spool() {
   absl::MutexLock lock(&mu_);
   if (back_dirty_ && !segments_.empty()) fdatasync(segments_.back().fd);
+  if (lost_dirty_) PersistLostLocked().IgnoreError();
   for (Segment& segment : segments_) close(segment.fd);
   if (acked_fd_ >= 0) close(acked_fd_);
 }
@@ -179,9 +181,6 @@ absl::Status Spool::Load() {
   }
   last_sequence_ = acked_;
   LoadLostLocked();
-  const Lost lost_before = lost_;
-  const std::map<std::string, uint64_t> counted_before = counted_corrupt_;
-  std::map<std::string, uint64_t> counted;
 
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) return Errno("list", dir);
@@ -227,62 +226,78 @@ absl::Status Spool::Load() {
           Entry{item.sequence(), record.offset, static_cast<uint32_t>(record.size)});
     }
     // Damage an earlier run counted (and persisted) is still on disk: count only what is new.
-    auto known = counted_corrupt_.find(name);
-    const uint64_t already = known == counted_corrupt_.end() ? 0 : known->second;
-    if (corrupt > already) {
-      lost_.corrupt += corrupt - already;
-      corrupt_total_ += corrupt - already;
+    uint64_t& counted = counted_corrupt_[name];
+    if (corrupt > counted) {
+      lost_.corrupt += corrupt - counted;
+      corrupt_total_ += corrupt - counted;
+      counted = corrupt;
+      lost_dirty_ = true;
     }
-    if (segment.entries.empty()) {
-      // The loss must be on disk before the file that shows it goes.
-      if (lost_.corrupt != lost_before.corrupt) {
-        counted_corrupt_.erase(name);
-        PersistLostLocked();
-      }
+    segment.bytes = bytes.size();
+    // Nothing left to deliver: the file goes, once the loss it shows is on disk.
+    if (segment.entries.empty() && LossDurableLocked(/*may_keep=*/true)) {
       close(segment.fd);
       unlink(segment.path.c_str());
       continue;
     }
-    if (std::max(corrupt, already) > 0) counted[name] = std::max(corrupt, already);
-    segment.bytes = bytes.size();
     total_bytes_ += segment.bytes;
     segments_.push_back(std::move(segment));
   }
   back_active_ = false;
-  // Segments gone since (acked, dropped) need no memory of their damage.
-  counted_corrupt_ = std::move(counted);
-  if (lost_.corrupt != lost_before.corrupt || lost_.dropped != lost_before.dropped ||
-      counted_corrupt_ != counted_before) {
-    PersistLostLocked();
+  // Segments gone since (acked, dropped, emptied above) need no memory of their damage.
+  for (auto it = counted_corrupt_.begin(); it != counted_corrupt_.end();) {
+    const bool on_disk = std::any_of(segments_.begin(), segments_.end(),
+                                     [&](const Segment& s) { return s.name == it->first; });
+    it = on_disk && it->second > 0 ? std::next(it) : counted_corrupt_.erase(it);
   }
+  // A failure is counted and logged, and retried at the next Sync: the damage stays on disk.
+  if (lost_dirty_) PersistLostLocked().IgnoreError();
   return absl::OkStatus();
 }
 
 void Spool::LoadLostLocked() {
-  // "dropped N", "corrupt N" and "counted <segment> N" lines. A damaged file costs the count it
-  // held, nothing else: the spool still opens.
+  // "dropped N", "corrupt N" and "counted <segment> N" lines. A damaged file costs the counts it
+  // held, nothing else: the spool still opens, says so once, and writes a clean file.
+  const std::string path = absl::StrCat(options_.dir, "/", kLostFile);
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // a new spool, or nothing ever lost
+  constexpr size_t kMaxLostFileBytes = 1 << 20;
   std::string text;
-  int fd = open(absl::StrCat(options_.dir, "/", kLostFile).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
   char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0 && text.size() < (1 << 20);) {
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0 && text.size() <= kMaxLostFileBytes) {
     text.append(buf, static_cast<size_t>(n));
   }
   close(fd);
+  bool damaged = n < 0 || text.size() > kMaxLostFileBytes;
+  bool has_dropped = false, has_corrupt = false;
   for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
-    uint64_t n = 0;
-    if (f.size() == 2 && absl::SimpleAtoi(f[1], &n)) {
-      if (f[0] == "dropped") lost_.dropped = n;
-      if (f[0] == "corrupt") lost_.corrupt = n;
+    uint64_t value = 0;
+    if (f.size() == 2 && f[0] == "dropped" && absl::SimpleAtoi(f[1], &value)) {
+      lost_.dropped = value;
+      has_dropped = true;
+    } else if (f.size() == 2 && f[0] == "corrupt" && absl::SimpleAtoi(f[1], &value)) {
+      lost_.corrupt = value;
+      has_corrupt = true;
     } else if (f.size() == 3 && f[0] == "counted" && absl::EndsWith(f[1], kSegmentSuffix) &&
-               absl::SimpleAtoi(f[2], &n)) {
-      counted_corrupt_[std::string(f[1])] = n;
+               absl::SimpleAtoi(f[2], &value)) {
+      counted_corrupt_[std::string(f[1])] = value;
+    } else {
+      damaged = true;
     }
   }
+  // Every write has both totals, so a file without them was cut short.
+  if (!damaged && has_dropped && has_corrupt) return;
+  lost_file_damaged_ = true;
+  lost_dirty_ = true;
+  Logf(LogLevel::kWarning,
+       "spool: %s is damaged; losses it recorded and not yet reported may never be reported "
+       "(kept %d dropped, %d damaged)",
+       path, lost_.dropped, lost_.corrupt);
 }
 
-bool Spool::PersistLostLocked() {
+absl::Status Spool::PersistLostLocked() {
   std::string text = absl::StrCat("dropped ", lost_.dropped, "\ncorrupt ", lost_.corrupt, "\n");
   for (const auto& [name, n] : counted_corrupt_) {
     absl::StrAppend(&text, "counted ", name, " ", n, "\n");
@@ -290,16 +305,47 @@ bool Spool::PersistLostLocked() {
   // Written aside and renamed over, so a crash leaves the old counts or the new, never a mix.
   const std::string path = absl::StrCat(options_.dir, "/", kLostFile);
   const std::string tmp = absl::StrCat(path, ".tmp");
+  const char* failed = nullptr;  // the step that failed, errno saved in `error`
+  int error = 0;
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return false;
-  const bool ok = WriteAll(fd, text) && fdatasync(fd) == 0;
-  close(fd);
-  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
-    unlink(tmp.c_str());
-    return false;
+  if (fd < 0) {
+    failed = "create";
+    error = errno;
+  } else {
+    if (!WriteAll(fd, text) || fdatasync(fd) != 0) {
+      failed = "write";
+      error = errno;
+    }
+    close(fd);
+    if (failed == nullptr && rename(tmp.c_str(), path.c_str()) != 0) {
+      failed = "rename";
+      error = errno;
+    }
+    if (failed != nullptr) unlink(tmp.c_str());
   }
-  SyncDirectory(options_.dir);
-  return true;
+  if (failed == nullptr) {
+    SyncDirectory(options_.dir);
+    lost_dirty_ = false;
+    lost_write_failing_ = false;
+    return absl::OkStatus();
+  }
+  lost_dirty_ = true;
+  ++lost_write_failures_;
+  const std::string message =
+      absl::StrCat("spool: ", failed, " ", tmp, ": ", std::strerror(error));
+  if (!lost_write_failing_) {
+    Logf(LogLevel::kWarning, "%s; the loss counts stay in memory until a write succeeds", message);
+  }
+  lost_write_failing_ = true;
+  // Out of space, unlinking a segment is what makes room for the next write.
+  if (error == ENOSPC || error == EDQUOT) return absl::ResourceExhaustedError(message);
+  return absl::UnavailableError(message);
+}
+
+bool Spool::LossDurableLocked(bool may_keep) {
+  if (!lost_dirty_) return true;
+  absl::Status s = PersistLostLocked();
+  return s.ok() || !may_keep || absl::IsResourceExhausted(s);
 }
 
 absl::Status Spool::StartSegmentLocked(uint64_t first_sequence) {
@@ -323,18 +369,24 @@ uint64_t Spool::UnackedIn(const Segment& segment) const {
   return n;
 }
 
-void Spool::DropFrontLocked(bool count_unacked) {
+bool Spool::DropFrontLocked(bool count_unacked, bool may_keep) {
   Segment& front = segments_.front();
-  uint64_t lost = count_unacked ? UnackedIn(front) : 0;
+  const uint64_t lost = count_unacked ? UnackedIn(front) : 0;
   lost_.dropped += lost;
-  dropped_total_ += lost;
+  if (lost > 0) lost_dirty_ = true;
   // The count is durable before the findings it stands for are unlinked.
-  if (counted_corrupt_.erase(front.name) > 0 || lost > 0) PersistLostLocked();
+  if (!LossDurableLocked(may_keep)) {
+    lost_.dropped -= lost;  // still stored, so not lost
+    return false;
+  }
+  dropped_total_ += lost;
+  counted_corrupt_.erase(front.name);
   close(front.fd);
   unlink(front.path.c_str());
   total_bytes_ -= front.bytes;
   if (segments_.size() == 1) back_active_ = false;
   segments_.pop_front();
+  return true;
 }
 
 absl::StatusOr<uint64_t> Spool::Append(const tokenwatch::v1::Finding& finding) {
@@ -355,9 +407,12 @@ absl::StatusOr<uint64_t> Spool::AppendLocked(const tokenwatch::v1::Finding& find
   if (!back_active_ || segments_.back().bytes + record.size() > options_.segment_bytes) {
     if (absl::Status s = StartSegmentLocked(item.sequence()); !s.ok()) return s;
   }
-  // Full: the oldest findings go first, so the newest evidence survives a long outage.
+  // Full: the oldest findings go first, so the newest evidence survives a long outage. While
+  // their loss cannot be recorded the spool keeps them, up to one segment over its bound.
   while (total_bytes_ + record.size() > options_.max_bytes && segments_.size() > 1) {
-    DropFrontLocked(/*count_unacked=*/true);
+    const bool may_keep =
+        total_bytes_ + record.size() <= options_.max_bytes + options_.segment_bytes;
+    if (!DropFrontLocked(/*count_unacked=*/true, may_keep)) break;
   }
   Segment& back = segments_.back();
   if (!WriteAll(back.fd, record)) {
@@ -380,6 +435,21 @@ absl::Status Spool::Sync() {
 }
 
 absl::Status Spool::SyncLocked() {
+  absl::Status status = SyncSegmentsLocked();
+  // Losses gathered since the last write of `lost` (CountDropped, damage found by ReadAfter)
+  // ride on the batch fsync rather than costing one each. A failure is counted and logged.
+  if (lost_dirty_ && PersistLostLocked().ok()) DropAckedLocked();
+  return status;
+}
+
+void Spool::CountDropped(uint64_t n) {
+  if (n == 0) return;
+  absl::MutexLock lock(&mu_);
+  lost_.dropped += n;
+  lost_dirty_ = true;
+}
+
+absl::Status Spool::SyncSegmentsLocked() {
   if (back_active_ && back_dirty_ && !segments_.empty()) {
     if (fdatasync(segments_.back().fd) != 0) return Errno("sync", segments_.back().path);
     back_dirty_ = false;
@@ -410,10 +480,13 @@ std::vector<tokenwatch::v1::SequencedFinding> Spool::ReadAfter(uint64_t after, s
           !item.ParseFromArray(record.payload.data(), static_cast<int>(record.payload.size())) ||
           item.sequence() != it->sequence) {
         // Damaged after we indexed it (the disk, or someone editing the file): skip it for good.
+        // Not written to `lost` here, which on a failing disk would cost an fsync per record
+        // while appends wait: until the next Sync writes it, the damage itself is the record
+        // (a restart rescans the segment and counts it), and an unlink writes it first.
         ++lost_.corrupt;
         ++corrupt_total_;
         ++counted_corrupt_[segment.name];
-        PersistLostLocked();
+        lost_dirty_ = true;
         it = segment.entries.erase(it);
         continue;
       }
@@ -436,13 +509,18 @@ uint64_t Spool::Ack(uint64_t sequence) {
     }
   }
   acked_ = std::min(sequence, last_sequence_);
+  DropAckedLocked();
+  PersistAckedLocked();
+  return covered;
+}
+
+void Spool::DropAckedLocked() {
   while (!segments_.empty() &&
          (segments_.front().entries.empty() ||
           segments_.front().entries.back().sequence <= acked_)) {
-    DropFrontLocked(/*count_unacked=*/false);
+    // One whose damage count cannot be written yet stays until a write succeeds (SyncLocked).
+    if (!DropFrontLocked(/*count_unacked=*/false, /*may_keep=*/true)) break;
   }
-  PersistAckedLocked();
-  return covered;
 }
 
 void Spool::PersistAckedLocked() {
@@ -452,28 +530,21 @@ void Spool::PersistAckedLocked() {
   if (pwrite(acked_fd_, text.data(), text.size(), 0) < 0) return;
 }
 
-Spool::Lost Spool::TakeLost() {
-  absl::MutexLock lock(&mu_);
-  Lost lost = lost_;
-  lost_ = Lost{};
-  if (lost.dropped + lost.corrupt > 0) PersistLostLocked();
-  return lost;
-}
-
 absl::StatusOr<uint64_t> Spool::AppendLossReport(
-    uint64_t extra_dropped, absl::FunctionRef<tokenwatch::v1::Finding(const Lost&)> report) {
+    absl::FunctionRef<tokenwatch::v1::Finding(const Lost&)> report) {
   absl::MutexLock lock(&mu_);
-  const Lost spool_lost = lost_;
-  Lost total = spool_lost;
-  total.dropped += extra_dropped;
-  if (total.dropped + total.corrupt == 0) return 0;
-  absl::StatusOr<uint64_t> sequence = AppendLocked(report(total));
+  const Lost reported = lost_;
+  if (reported.dropped + reported.corrupt == 0) return 0;
+  absl::StatusOr<uint64_t> sequence = AppendLocked(report(reported));
   if (!sequence.ok()) return sequence.status();
-  if (absl::Status s = SyncLocked(); !s.ok()) return s;
+  if (absl::Status s = SyncSegmentsLocked(); !s.ok()) return s;
   // Appending may itself have dropped a full segment: those losses are not in this report.
-  lost_.dropped -= spool_lost.dropped;
-  lost_.corrupt -= spool_lost.corrupt;
-  PersistLostLocked();
+  lost_.dropped -= reported.dropped;
+  lost_.corrupt -= reported.corrupt;
+  lost_dirty_ = true;
+  // On a failure `lost` keeps the reported counts: a restart before the next Sync writes it
+  // reports them again, the direction the spool allows.
+  PersistLostLocked().IgnoreError();
   return sequence;
 }
 
@@ -487,6 +558,9 @@ Spool::Stats Spool::stats() const {
   s.acked = acked_;
   s.dropped_total = dropped_total_;
   s.corrupt_total = corrupt_total_;
+  s.unreported = lost_;
+  s.lost_write_failures = lost_write_failures_;
+  s.lost_file_damaged = lost_file_damaged_;
   return s;
 }
 

@@ -60,11 +60,16 @@ SpoolScan ScanSpoolSegment(absl::string_view bytes);
 // the disk at Sync() (fsync), which the caller batches.
 //
 // Losses not yet reported survive a crash: they are kept in the file `lost` beside the segments,
-// fsync'd before the segment they concern is unlinked, and cleared only once the report of them
+// fsync'd before the segment they concern is unlinked (or, for losses no file shows, such as the
+// caller's CountDropped, at the next Sync), and cleared only once the report of them
 // (AppendLossReport) is itself durable in the spool. A crash between the two reports the same
 // loss twice, never not at all. The file also remembers how many damaged records each surviving
 // segment has already been counted for, so that rescanning it after a restart does not count
-// them again.
+// them again. When `lost` cannot be written, a segment whose loss is not yet on disk is kept
+// rather than unlinked: the spool then overshoots max_bytes by up to one segment, after which
+// (or at once when the disk is full, since unlinking is what frees it) the oldest goes anyway
+// and its loss is counted in memory until a write succeeds. Each failed write is counted in
+// stats().lost_write_failures and logged once per streak.
 //
 // Threading: all methods are safe from any thread; one mutex guards the index and the files.
 class Spool {
@@ -76,9 +81,9 @@ class Spool {
     uint64_t segment_bytes = 0;
   };
 
-  // Findings that will never be delivered, not yet reported (see TakeLost).
+  // Findings that will never be delivered, not yet reported (see AppendLossReport).
   struct Lost {
-    uint64_t dropped = 0;  // the spool was full
+    uint64_t dropped = 0;  // the spool was full, or the caller lost them (CountDropped)
     uint64_t corrupt = 0;  // a damaged or unreadable record
   };
 
@@ -88,8 +93,13 @@ class Spool {
     uint64_t unacked = 0;        // findings stored and not yet acked
     uint64_t last_sequence = 0;  // the newest sequence number handed out
     uint64_t acked = 0;          // the collector's ack watermark
-    uint64_t dropped_total = 0;
+    uint64_t dropped_total = 0;  // dropped by the spool to make room (not CountDropped's)
     uint64_t corrupt_total = 0;
+    Lost unreported;             // what the next AppendLossReport reports
+    // Failed writes of the `lost` file (its counts then live in memory until one succeeds).
+    uint64_t lost_write_failures = 0;
+    // Open found the `lost` file damaged: whatever it held that did not parse is gone.
+    bool lost_file_damaged = false;
   };
 
   // Opens the spool in `options.dir` (created if missing), indexes the segments left by an
@@ -103,11 +113,19 @@ class Spool {
   absl::StatusOr<uint64_t> Append(const tokenwatch::v1::Finding& finding)
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Makes everything appended so far durable.
+  // Makes everything appended so far durable, and with it the loss counts gathered since the
+  // last write of `lost`. The status is the findings' durability; a failed write of `lost` is
+  // counted and logged and retried at the next Sync.
   absl::Status Sync() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Counts `n` findings the caller lost before they reached the spool (its memory queue
+  // overflowed, an append failed) as dropped, to be reported with the spool's own losses.
+  // Cheap: made durable by the next Sync, not here.
+  void CountDropped(uint64_t n) ABSL_LOCKS_EXCLUDED(mu_);
+
   // Up to `max` stored findings with a sequence number above `after`, in order. Records found
-  // damaged on the way are skipped and counted as lost.
+  // damaged on the way are skipped and counted as lost (on disk at the next Sync; until then a
+  // restart finds the damage again by rescanning the segment).
   std::vector<tokenwatch::v1::SequencedFinding> ReadAfter(uint64_t after, size_t max)
       ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -115,16 +133,12 @@ class Spool {
   // the watermark. Returns how many stored findings this ack newly covered.
   uint64_t Ack(uint64_t sequence) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Returns and resets (durably) the findings lost and not yet reported.
-  Lost TakeLost() ABSL_LOCKS_EXCLUDED(mu_);
-
-  // Reports the losses not yet reported: appends the finding `report` makes of them (with
-  // `extra_dropped`, losses the caller counted itself, added to `dropped`), makes it durable,
-  // then clears them durably. Returns the report's sequence number, or 0 when nothing was lost
-  // (`report` is then not called). On an error the losses stay counted for the next attempt.
+  // Reports the losses not yet reported: appends the finding `report` makes of them, makes it
+  // durable, then clears them durably. Returns the report's sequence number, or 0 when nothing
+  // was lost (`report` is then not called). On an error the losses stay counted for the next
+  // attempt.
   absl::StatusOr<uint64_t> AppendLossReport(
-      uint64_t extra_dropped, absl::FunctionRef<tokenwatch::v1::Finding(const Lost&)> report)
-      ABSL_LOCKS_EXCLUDED(mu_);
+      absl::FunctionRef<tokenwatch::v1::Finding(const Lost&)> report) ABSL_LOCKS_EXCLUDED(mu_);
 
   Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -145,13 +159,25 @@ class Spool {
   explicit Spool(Options options) : options_(std::move(options)) {}
   absl::Status Load() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LoadLostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes lost_ and counted_corrupt_ to the `lost` file (atomically, fsync'd); false on failure.
-  bool PersistLostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes lost_ and counted_corrupt_ to the `lost` file (atomically, fsync'd). Fails with
+  // ResourceExhausted when the disk is full, Unavailable otherwise; a failure is counted, logged
+  // once per streak, and leaves lost_dirty_ set for the next Sync.
+  absl::Status PersistLostLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a segment may be unlinked now: its losses are on disk (written first if they were
+  // not), or keeping it is not an option (`may_keep` false, or the disk is full).
+  bool LossDurableLocked(bool may_keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<uint64_t> AppendLocked(const tokenwatch::v1::Finding& finding)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SyncLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // fdatasyncs the active segment and the directory: the findings part of SyncLocked.
+  absl::Status SyncSegmentsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status StartSegmentLocked(uint64_t first_sequence) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DropFrontLocked(bool count_unacked) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unlinks the oldest segment, counting its unacked findings as dropped when `count_unacked`.
+  // Returns false, the segment kept and nothing counted, when its loss could not be made durable
+  // first and `may_keep` (see LossDurableLocked).
+  bool DropFrontLocked(bool count_unacked, bool may_keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the leading segments with nothing unacked.
+  void DropAckedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t UnackedIn(const Segment& segment) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PersistAckedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -168,6 +194,12 @@ class Spool {
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;
   int acked_fd_ ABSL_GUARDED_BY(mu_) = -1;
   Lost lost_ ABSL_GUARDED_BY(mu_);
+  // lost_ or counted_corrupt_ holds counts the `lost` file does not. (Entries of segments already
+  // unlinked may linger in the file: harmless, Load forgets names not on disk.)
+  bool lost_dirty_ ABSL_GUARDED_BY(mu_) = false;
+  bool lost_write_failing_ ABSL_GUARDED_BY(mu_) = false;  // the last write of `lost` failed
+  uint64_t lost_write_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  bool lost_file_damaged_ ABSL_GUARDED_BY(mu_) = false;
   // Per segment file name: damaged records already counted into lost_ (or reported).
   std::map<std::string, uint64_t> counted_corrupt_ ABSL_GUARDED_BY(mu_);
   uint64_t dropped_total_ ABSL_GUARDED_BY(mu_) = 0;

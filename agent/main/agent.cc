@@ -170,11 +170,13 @@ absl::Status Agent::Init() {
   };
   // A fold re-sent at its window's end is no new finding: exported, not raised.
   use_deps.resend = [this](const v1::Finding& f) { Export(f); };
-  use_deps.raise = [this](const v1::Finding& f) {
-    Raise(f);
-    // A read whose token was then used is graver: its finding is sent again
-    // (same id) with the raised severity; not a new finding, so Export.
-    for (const v1::Finding& raised : detector_->OnTokenUsed(f)) Export(raised);
+  use_deps.raise = [this](const v1::Finding& f) { Raise(f); };
+  // A read whose token was then used is graver: its finding is sent again
+  // (same id) with the raised severity; not a new finding, so Export.
+  use_deps.token_used = [this](const std::string& rule_id, const detect::TokenRead& read) {
+    for (const v1::Finding& raised : detector_->OnTokenUsed(rule_id, read.finding_id)) {
+      Export(raised);
+    }
   };
   use_deps.count_record = [this](const std::string& type) { metrics_->KernelRecord(type); };
   use_deps.hook_mode = hook_mode_;
@@ -334,7 +336,10 @@ void Agent::OnTokenOpen(const tw_token_open& event) {
     }
   }
   const bool unexpected = detector_->last_unexpected();
-  if (unexpected) use_->OnUnexpectedRead(read);
+  if (unexpected) {
+    read.finding_id = detector_->last_finding_id();
+    use_->OnUnexpectedRead(read);
+  }
   // Later rereads in this window are only counted by the hooks; they are
   // credited to this read (an expected read needs no credit).
   uint64_t increment = 0;

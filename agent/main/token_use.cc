@@ -51,6 +51,9 @@ std::vector<k8s::IpEndpoint> MetadataEndpoints() {
 }
 
 absl::StatusOr<std::unique_ptr<TokenUse>> TokenUse::Create(Deps deps) {
+  if (!deps.raise || !deps.resend) {
+    return absl::InvalidArgumentError("TokenUse: raise and resend are required");
+  }
   std::unique_ptr<TokenUse> use(new TokenUse(std::move(deps)));
   const AgentConfig& config = *use->deps_.config;
   probes::TokenUseProbe::Options options;
@@ -71,6 +74,7 @@ absl::StatusOr<std::unique_ptr<TokenUse>> TokenUse::Create(Deps deps) {
   correlator.window = config.correlation_window;
   if (!config.cluster_ranges.empty()) correlator.cluster_ranges = config.cluster_ranges;
   correlator.apiserver_contact_expected = use->deps_.apiserver_contact_expected;
+  correlator.on_token_used = use->deps_.token_used;
   use->correlator_ = std::make_unique<detect::Correlator>(correlator);
 
   k8s::ApiServerDiscovery::Options discovery;
@@ -238,8 +242,7 @@ void TokenUse::Poll() {
 }
 
 void TokenUse::Housekeeping(absl::Time now) {
-  const std::function<void(const v1::Finding&)>& resend = deps_.resend ? deps_.resend : deps_.raise;
-  for (const v1::Finding& f : correlator_->Flush(now)) resend(f);
+  for (const v1::Finding& f : correlator_->Flush(now)) deps_.resend(f);
   if (now >= next_resolve_) RefreshDestinations();
 }
 

@@ -37,9 +37,11 @@ class TokenUse {
     std::function<void(process::ProcessView*)> name_pod;
     std::function<void(const v1::Finding&)> raise;
     // A folded finding sent again with its grown count (same id) when its
-    // window closes: to export, not to count as a new finding, and no news
-    // for the read finding's severity. Unset: raise.
+    // window closes: to export, not to count as a new finding. Required.
     std::function<void(const v1::Finding&)> resend;
+    // A read token was used (TW010, TW011), folded or not: see
+    // detect::Correlator::Options::on_token_used. Optional.
+    std::function<void(const std::string& rule_id, const detect::TokenRead& read)> token_used;
     // Counts one kernel record of this type ("connect", "argv_token").
     std::function<void(const std::string&)> count_record;
     // Policy or baseline: may this container process call the API server?

@@ -99,16 +99,16 @@ TEST(ValidateUploadProfilesRequest, RefusesEachMalformedUpload) {
       {"no end", [](auto* r) { r->mutable_profiles(0)->clear_learning_ends(); },
        "profiles[0].learning_ends: not set"},
       {"bad nanos", [](auto* r) { r->mutable_profiles(0)->mutable_learning_ends()->set_nanos(-1); },
-       "profiles[0].learning_ends: not a valid timestamp"},
+       "profiles[0].learning_ends: nanos out of range"},
       {"start in 1970",
        [](auto* r) { r->mutable_profiles(0)->mutable_learning_started()->set_seconds(5); },
-       "before the year 2000"},
+       "profiles[0].learning_started: before the year 2000"},
       {"start next week",
        [](auto* r) {
          profiles::SetTime(kNow + absl::Hours(24 * 7),
                            r->mutable_profiles(0)->mutable_learning_started());
        },
-       "more than 24 h in the future"},
+       "profiles[0].learning_started: more than 24h in the future"},
       {"end before start",
        [](auto* r) {
          profiles::SetTime(kNow - absl::Hours(2), r->mutable_profiles(0)->mutable_learning_ends());
@@ -150,8 +150,14 @@ TEST(ProfileQueryFromRequest, BoundsTheFilters) {
   EXPECT_EQ(q->namespace_name, "payments");
   EXPECT_EQ(q->workload_glob, "web-*");
   EXPECT_EQ(q->limit, 50u);
+  // Too large a limit is capped (by the store, as for ListFindings), not refused.
   r.set_limit(ProfileStore::kMaxListLimit + 1);
-  EXPECT_EQ(ProfileQueryFromRequest(r).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ProfileQueryFromRequest(r).ok());
+  // A page token longer than any the store makes is refused before it is decoded.
+  r.set_page_token(std::string(ProfileStore::kMaxPageTokenBytes + 1, 'A'));
+  EXPECT_THAT(std::string(ProfileQueryFromRequest(r).status().message()),
+              HasSubstr("page_token"));
+  r.clear_page_token();
   r.set_limit(0);
   r.set_workload(std::string(300, '*'));
   EXPECT_THAT(std::string(ProfileQueryFromRequest(r).status().message()),
@@ -259,6 +265,11 @@ TEST_F(ProfileRpcTest, AMalformedUploadIsInvalidArgumentAndStoresNothing) {
   ASSERT_TRUE(List({}, &listed).ok());
   ASSERT_EQ(listed.profiles_size(), 1);  // the earlier copy stays
   EXPECT_EQ(listed.profiles(0).token_readers(0).path(), "/app/server");
+
+  ListProfilesRequest over_limit;
+  over_limit.set_limit(ProfileStore::kMaxListLimit + 1);
+  ASSERT_TRUE(List(over_limit, &listed).ok());
+  EXPECT_EQ(listed.profiles_size(), 1);
 
   ListProfilesRequest bad_list;
   bad_list.set_page_token("garbage!");

@@ -296,8 +296,23 @@ TEST_F(FindingStoreTest, EveryFilterWalksAnIndexInListOrder) {
   pod.pod = "api-7";
   FindingQuery pod_ns = pod;
   pod_ns.namespace_name = "ns-7";
+  // A later page as a client asks for it: with the token of the page before.
+  for (uint32_t i = 0; i < 3; ++i) {
+    Finding f = TestFinding(i, absl::Now() - absl::Minutes(i));
+    f.mutable_token()->mutable_owner()->set_namespace_("ns-7");
+    ASSERT_TRUE(store_->Upsert(f).ok());
+  }
   FindingQuery paged_ns = ns;
-  paged_ns.page_token = "1/x";
+  paged_ns.limit = 1;
+  auto first_page = store_->ListPage(paged_ns);
+  ASSERT_TRUE(first_page.ok()) << first_page.status();
+  ASSERT_FALSE(first_page->next_page_token.empty());
+  paged_ns.page_token = first_page->next_page_token;
+  // The plan is of the statement ListPage runs, so it refuses a token ListPage refuses.
+  FindingQuery bad_token = ns;
+  bad_token.page_token = "not-a-token";
+  EXPECT_EQ(store_->ListPage(bad_token).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->QueryPlan(bad_token).status().code(), absl::StatusCode::kInvalidArgument);
   struct Case {
     const char* name;
     FindingQuery query;

@@ -96,11 +96,7 @@ class Run:
 
     def local(self):
         """Findings the agent wrote to its JSON lines output."""
-        found = []
-        for line in simnode.read_text(self.tw.findings_path).splitlines():
-            if line.strip():
-                found.append(json.loads(line))
-        return found
+        return self.tw.local_findings()
 
     def read_token(self, marker):
         """One host read of the pod's token by a cat copy named `marker`."""

@@ -15,7 +15,6 @@ Usage (root): python3 tests/e2e/test_noise.py
 Exit status 77 means skipped. Environment as for test_token_reads.py.
 """
 
-import json
 import os
 import sys
 import time
@@ -50,16 +49,9 @@ class ExecSessionCatLoop(unittest.TestCase):
         cls.pod = node.add_pod("shop", "web-6c9f8d7b5-k2x4p", "web")
         cls.app = node.add_container(cls.pod, "web")
         cls.app.wait_entrypoint_reading()
-        config = os.path.join(node.tmp, "agent.yaml")
-        with open(config, "w") as f:
-            f.write("dedup_window: %ds\n" % WINDOW_S)
         cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
         cls.tw.start_collector()
-        cls.tw.start_agent(extra_args=["--config", config])
-
-    def json_lines(self):
-        return [json.loads(line) for line in
-                simnode.read_text(self.tw.findings_path).splitlines() if line.strip()]
+        cls.tw.start_agent(config_text="dedup_window: %ds\n" % WINDOW_S)
 
     def describe_all(self, findings):
         return "\n  ".join(base.describe(f) for f in findings) or "(none)"
@@ -115,7 +107,7 @@ class ExecSessionCatLoop(unittest.TestCase):
 
         # Each finding went out at most twice: when raised, and once more with
         # its final count when its window closed.
-        lines = self.json_lines()
+        lines = self.tw.local_findings()
         for f in exec_session:
             sent = [x for x in lines if x.get("id") == f["id"]]
             self.assertLessEqual(len(sent), 2, "%s sent %d times" % (f["id"], len(sent)))

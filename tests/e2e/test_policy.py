@@ -15,7 +15,6 @@ read without a finding.
 """
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -105,54 +104,14 @@ def policy_yaml(reader_sha, extra_allowed=()):
     return "\n".join(lines) + "\n"
 
 
-class PolicyScenarios(unittest.TestCase):
-    """One node and one agent; tests run in name order and build on each
-    other (the learning window closes between test_10 and test_20)."""
-
-    @classmethod
-    def setUpClass(cls):
-        simnode.install_signal_handlers()
-        cls.node = node = simnode.SimNode(prefix="tokenwatch-policy-")
-        cls.addClassCleanup(node.close)
-        bindir = os.path.join(node.tmp, "twbin")
-        os.makedirs(bindir)
-        for name, src in (("launcher", LAUNCHER_C), ("reader", READER_C)):
-            with open(os.path.join(node.tmp, name + ".c"), "w") as f:
-                f.write(src)
-            built = node.compile_static(os.path.join(node.tmp, name + ".c"), name)
-            os.rename(built, os.path.join(bindir, name))
-        cls.reader_bin = os.path.join(bindir, "reader")
-        with open(cls.reader_bin, "rb") as f:
-            cls.reader_sha = hashlib.sha256(f.read()).hexdigest()
-        # Deployment-style pod name: the workload is "api".
-        cls.pod = node.add_pod("payments", "api-7d9c8b6f4-zq2wn", "api")
-        cls.app = node.add_container(cls.pod, "api", entrypoint_argv=("/twbin/launcher",),
-                                     extra_mounts=[(bindir, "/twbin")])
-        cls.config = os.path.join(node.tmp, "agent.yaml")
-        cls.write_config(policy_yaml(cls.reader_sha))
-        cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
-        cls.start_agent()
-        cls.started = time.monotonic()
-
-    @classmethod
-    def write_config(cls, text):
-        tmp = cls.config + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.rename(tmp, cls.config)
-
-    @classmethod
-    def start_agent(cls):
-        cls.tw.start_agent(extra_args=["--config", cls.config])
-
-    # helpers
+class LauncherReaders:
+    """Mixin for a test class whose pod's entrypoint is LAUNCHER_C: runs
+    READER_C copies as its children and finds their findings in the agent's
+    --findings-out file. Needs self.app (the container), self.reader_bin (the
+    built reader) and self.tw."""
 
     def findings(self):
-        out = []
-        for line in simnode.read_text(self.tw.findings_path).splitlines():
-            if line.strip():
-                out.append(json.loads(line))
-        return out
+        return self.tw.local_findings()
 
     def about(self, path):
         return [f for f in self.findings() if base._process(f).get("exe", "").endswith(path)]
@@ -180,6 +139,43 @@ class PolicyScenarios(unittest.TestCase):
         self.fail("no finding for %s within %ds; findings:\n  %s\nagent log:\n%s" % (
             path, timeout, "\n  ".join(base.describe(f) for f in self.findings()) or "(none)",
             self.tw.agent_stderr()[-3000:]))
+
+
+class PolicyScenarios(LauncherReaders, unittest.TestCase):
+    """One node and one agent; tests run in name order and build on each
+    other (the learning window closes between test_10 and test_20)."""
+
+    @classmethod
+    def setUpClass(cls):
+        simnode.install_signal_handlers()
+        cls.node = node = simnode.SimNode(prefix="tokenwatch-policy-")
+        cls.addClassCleanup(node.close)
+        bindir = node.static_tools({"launcher": LAUNCHER_C, "reader": READER_C})
+        cls.reader_bin = os.path.join(bindir, "reader")
+        with open(cls.reader_bin, "rb") as f:
+            cls.reader_sha = hashlib.sha256(f.read()).hexdigest()
+        # Deployment-style pod name: the workload is "api".
+        cls.pod = node.add_pod("payments", "api-7d9c8b6f4-zq2wn", "api")
+        cls.app = node.add_container(cls.pod, "api", entrypoint_argv=("/twbin/launcher",),
+                                     extra_mounts=[(bindir, "/twbin")])
+        cls.config = os.path.join(node.tmp, "agent.yaml")
+        cls.write_config(policy_yaml(cls.reader_sha))
+        cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
+        cls.start_agent()
+        cls.started = time.monotonic()
+
+    @classmethod
+    def write_config(cls, text):
+        tmp = cls.config + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, cls.config)
+
+    @classmethod
+    def start_agent(cls):
+        cls.tw.start_agent(extra_args=["--config", cls.config])
+
+    # helpers
 
     def assert_quiet(self, quiet_paths, control_path):
         """Launches the quiet readers, then a control that must raise TW001;

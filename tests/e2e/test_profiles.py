@@ -15,7 +15,6 @@ Usage (root): python3 tests/e2e/test_profiles.py [ProfileExport]
 Exit status 77 means skipped. Environment as for test_token_reads.py.
 """
 
-import json
 import os
 import sys
 import time
@@ -30,7 +29,6 @@ from test_token_reads import simnode  # noqa: E402
 # The agent uploads at start and then at most once a minute: the learned reader arrives
 # within a minute or so of being learned.
 UPLOAD_TIMEOUT = 150
-TIMEOUT = base.FINDING_TIMEOUT
 LEARNED = "/opt/learned/reader"
 
 
@@ -38,7 +36,7 @@ def setUpModule():
     base.setUpModule()
 
 
-class ProfileExport(unittest.TestCase):
+class ProfileExport(policy_e2e.LauncherReaders, unittest.TestCase):
     """One node, one collector; tests run in name order and build on each other."""
 
     @classmethod
@@ -46,13 +44,8 @@ class ProfileExport(unittest.TestCase):
         simnode.install_signal_handlers()
         cls.node = node = simnode.SimNode(prefix="tokenwatch-profiles-")
         cls.addClassCleanup(node.close)
-        bindir = os.path.join(node.tmp, "twbin")
-        os.makedirs(bindir)
-        for name, src in (("launcher", policy_e2e.LAUNCHER_C), ("reader", policy_e2e.READER_C)):
-            with open(os.path.join(node.tmp, name + ".c"), "w") as f:
-                f.write(src)
-            built = node.compile_static(os.path.join(node.tmp, name + ".c"), name)
-            os.rename(built, os.path.join(bindir, name))
+        bindir = node.static_tools({"launcher": policy_e2e.LAUNCHER_C,
+                                    "reader": policy_e2e.READER_C})
         cls.reader_bin = os.path.join(bindir, "reader")
         # Deployment-style pod name: the workload is "api".
         cls.pod = node.add_pod("payments", "api-7d9c8b6f4-zq2wn", "api")
@@ -67,39 +60,7 @@ class ProfileExport(unittest.TestCase):
         cls.tw.start_agent(extra_args=["--config", cls.config])
         cls.exported = None
 
-    # helpers (the launcher protocol is test_policy.py's)
-
-    def launch(self, path, sleep_ms=300):
-        host = os.path.join(self.app.rootfs, path.lstrip("/"))
-        if not os.path.exists(host):
-            self.app.install(self.reader_bin, path)
-        d = os.path.join(self.app.rootfs, "tmp", "launch")
-        os.makedirs(d, exist_ok=True)
-        name = "%d" % time.monotonic_ns()
-        with open(os.path.join(d, "." + name), "w") as f:
-            f.write("%s %d\n" % (path, sleep_ms))
-        os.rename(os.path.join(d, "." + name), os.path.join(d, name))
-
-    def findings(self):
-        out = []
-        for line in simnode.read_text(self.tw.findings_path).splitlines():
-            if line.strip():
-                out.append(json.loads(line))
-        return out
-
-    def about(self, path):
-        return [f for f in self.findings() if base._process(f).get("exe", "").endswith(path)]
-
-    def wait_for_finding(self, path, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.about(path)
-            if found:
-                return found
-            time.sleep(0.2)
-        self.fail("no finding for %s within %ds; findings:\n  %s\nagent log:\n%s" % (
-            path, timeout, "\n  ".join(base.describe(f) for f in self.findings()) or "(none)",
-            self.tw.agent_stderr()[-3000:]))
+    # helpers (launch, findings, about, wait_for: test_policy.LauncherReaders)
 
     def export(self, *filters):
         return self.tw.ctl("profile", "export", *filters)
@@ -155,7 +116,7 @@ class ProfileExport(unittest.TestCase):
         self.launch(LEARNED, sleep_ms=1500)
         time.sleep(0.5)
         self.launch("/opt/unlisted/reader")
-        control = self.wait_for_finding("/opt/unlisted/reader")
+        control = self.wait_for("/opt/unlisted/reader")
         self.assertEqual(control[0].get("ruleId"), "TW001", base.describe(control[0]))
         time.sleep(1)
         self.assertEqual(self.about(LEARNED), [], "the exported reader raised: %s" % "; ".join(

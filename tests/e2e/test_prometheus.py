@@ -233,20 +233,12 @@ class RingBufferDrops(unittest.TestCase):
         self.addCleanup(node.close)
         victim = node.add_pod("payments", "payments-api-7d9c8", "payments-api")
         tw = simnode.Tokenwatch(node, BIN_DIR)
-        config = os.path.join(node.tmp, "agent.yaml")
-        with open(config, "w") as f:
-            f.write("ring_buffer_bytes: 16384\n")
         # The syscall tracepoints deliver every token open through the ring buffer (other
         # hook modes may pass some opens elsewhere, e.g. fanotify's own queue).
-        tw.start_agent(extra_args=["--config", config, "--hook-mode", "tracepoint"])
+        tw.start_agent(extra_args=["--hook-mode", "tracepoint"],
+                       config_text="ring_buffer_bytes: 16384\n")
         cat = node.install_host_tool("/bin/cat", "tw/cat.drops")
-
-        def findings():
-            out = []
-            for line in simnode.read_text(tw.findings_path).splitlines():
-                if line.strip():
-                    out.append(json.loads(line))
-            return out
+        findings = tw.local_findings
 
         # The small ring works while the agent keeps up: one read, one finding, no loss.
         simnode.host_run([cat, victim.token_path], check=True)

@@ -19,7 +19,6 @@ rereads under observation; TOKENWATCH_E2E_HOOK_MODE picks the hook mode.
 """
 
 import os
-import re
 import sys
 import time
 import unittest
@@ -83,16 +82,6 @@ def setUpModule():
     base.setUpModule()
 
 
-def labelled(text, name, labels):
-    """The value of metric `name` whose labels include `labels` (0 if absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^%s(\{[^}]*\})?\s+(\S+)" % re.escape(name), line)
-        if m and all('%s="%s"' % kv in (m.group(1) or "") for kv in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 class RereadScenarios(unittest.TestCase):
     """One node and one agent; tests run in name order."""
 
@@ -101,24 +90,14 @@ class RereadScenarios(unittest.TestCase):
         simnode.install_signal_handlers()
         cls.node = node = simnode.SimNode(prefix="tokenwatch-reread-")
         cls.addClassCleanup(node.close)
-        bindir = os.path.join(node.tmp, "twbin")
-        os.makedirs(bindir)
-        for name, src in (("rereader", REREADER_C), ("storm", STORM_C)):
-            with open(os.path.join(node.tmp, name + ".c"), "w") as f:
-                f.write(src)
-            built = node.compile_static(os.path.join(node.tmp, name + ".c"), name)
-            os.rename(built, os.path.join(bindir, name))
+        bindir = node.static_tools({"rereader": REREADER_C, "storm": STORM_C})
         cls.pod = node.add_pod("shop", "cart-6f7d8c9b5-k2m4p", "cart")
         cls.app = node.add_container(cls.pod, "cart", entrypoint_argv=("/twbin/rereader",),
                                      extra_mounts=[(bindir, "/twbin")])
-        cls.config = os.path.join(node.tmp, "agent.yaml")
-        with open(cls.config, "w") as f:
-            f.write("dedup_window: %ds\n" % WINDOW_S)
         cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
         cls.tw.start_collector()
-        cls.tw.start_agent(extra_args=["--config", cls.config])
-        m = re.search(r'tokenwatch_hook_mode_info\{mode="([a-z]+)"\} 1', cls.tw.metrics())
-        cls.mode = m.group(1) if m else "unknown"
+        cls.tw.start_agent(config_text="dedup_window: %ds\n" % WINDOW_S)
+        cls.mode = cls.tw.hook_mode() or "unknown"
 
     def reads(self):
         try:
@@ -128,13 +107,20 @@ class RereadScenarios(unittest.TestCase):
             return 0
 
     def opens(self):
-        text = self.tw.metrics()
-        return (labelled(text, "tokenwatch_token_opens_total", {"outcome": "reported"}),
-                labelled(text, "tokenwatch_token_opens_total", {"outcome": "folded"}),
-                labelled(text, "tokenwatch_kernel_records_total", {"type": "token_open"}))
+        body = self.tw.metrics()
+        return (simnode.metric_sum(body, "tokenwatch_token_opens_total", {"outcome": "reported"}),
+                simnode.metric_sum(body, "tokenwatch_token_opens_total", {"outcome": "folded"}),
+                simnode.metric_sum(body, "tokenwatch_kernel_records_total", {"type": "token_open"}))
 
     def findings_of(self, exe_suffix):
+        """The collector's findings whose reader is exe_suffix."""
         return [f for f in self.tw.findings()
+                if base._process(f).get("exe", "").endswith(exe_suffix)]
+
+    def local_exports_of(self, exe_suffix):
+        """Every export of a finding whose reader is exe_suffix, in order, from
+        the agent's --findings-out file."""
+        return [f for f in self.tw.local_findings()
                 if base._process(f).get("exe", "").endswith(exe_suffix)]
 
     def test_10_entrypoint_rereading_every_100ms_costs_a_record_a_window(self):
@@ -153,7 +139,6 @@ class RereadScenarios(unittest.TestCase):
         self.assertLessEqual(records, windows, "%d rereads, %d records in %ds with a %ds window "
                              "(mode %s)" % (reads, records, ENTRYPOINT_SECONDS, WINDOW_S,
                                             self.mode))
-        self.assertEqual(records, reported)
         # Every reread is still counted (fanotify may merge a few queued
         # events of one process before the agent reads them).
         self.assertGreaterEqual(reported + folded, 0.9 * reads,
@@ -168,31 +153,53 @@ class RereadScenarios(unittest.TestCase):
         records0 = self.opens()[2]
         started = time.monotonic()
         self.app.exec(["/twbin/storm", str(STORM_OPENS)], timeout=60)
-        # The fold is sent again with its final count when its window closes.
+        # The finding goes out when raised, and once more with its final count
+        # when its window closes: wait for that second export.
         deadline = time.monotonic() + WINDOW_S + 20
-        found = []
-        while time.monotonic() < deadline:
-            found = self.findings_of("/twbin/storm")
-            if found and sum(base.count_of(f) for f in found) >= STORM_OPENS:
+        while True:
+            sent = self.local_exports_of("/twbin/storm")
+            if sent and sum(f.get("id") == sent[0].get("id") for f in sent) >= 2:
                 break
-            time.sleep(1)
-        self.assertEqual(len(found), 1, "; ".join(base.describe(f) for f in found) or "none")
-        f = found[0]
-        self.assertEqual(f.get("ruleId"), "TW004", base.describe(f))
-        count = base.count_of(f)
-        # In BPF modes the kernel counts every open. In fanotify mode the
-        # count is a lower bound: the kernel merges a process's identical
-        # queued events, and the agent paces its reads during a reread storm.
+            if time.monotonic() > deadline:
+                self.fail("the storm's finding was not sent again within %ds of the storm: %s"
+                          % (WINDOW_S + 20, "; ".join(base.describe(f) for f in sent) or
+                             "never sent"))
+            time.sleep(0.5)
+        time.sleep(2)  # let a third export, which must not come, arrive before counting
+        sent = self.local_exports_of("/twbin/storm")
+        self.assertEqual(len({f.get("id") for f in sent}), 1,
+                         "; ".join(base.describe(f) for f in sent))
+        # "Sent again at most once per window" (issue 5).
+        self.assertLessEqual(len(sent), 2, "; ".join(base.describe(f) for f in sent))
+        final = sent[-1]
+        self.assertEqual(final.get("ruleId"), "TW004", base.describe(final))
+        count = base.count_of(final)
         if self.mode == "fanotify":
-            self.assertGreaterEqual(count, 0.25 * STORM_OPENS, base.describe(f))
-            self.assertLessEqual(count, STORM_OPENS, base.describe(f))
+            # A lower bound, by design: the kernel merges a process's identical
+            # queued events before the agent reads them, and the agent paces its
+            # reads during a reread storm (so more of them merge). Measured
+            # here: 437 to 447 of 500.
+            self.assertGreaterEqual(count, 0.6 * STORM_OPENS, base.describe(final))
+            self.assertLessEqual(count, STORM_OPENS, base.describe(final))
         else:
-            self.assertEqual(count, STORM_OPENS, base.describe(f))
+            # The kernel counts every open.
+            self.assertEqual(count, STORM_OPENS, base.describe(final))
+        # The collector holds the one finding with the final count.
+        deadline = time.monotonic() + base.FINDING_TIMEOUT
+        while True:
+            found = self.findings_of("/twbin/storm")
+            if (len(found) == 1 and base.count_of(found[0]) == count) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(len(found), 1, "; ".join(base.describe(f) for f in found) or "none")
+        self.assertEqual(found[0].get("id"), final.get("id"), base.describe(found[0]))
+        self.assertEqual(base.count_of(found[0]), count, base.describe(found[0]))
         # The storm is one record; the entrypoint adds one a window meanwhile.
         windows = int(time.monotonic() - started) // WINDOW_S + 2
         self.assertLessEqual(self.opens()[2] - records0, 1 + windows)
-        sys.stderr.write("mode %s: %d opens by one process -> count %d\n" % (
-            self.mode, STORM_OPENS, count))
+        sys.stderr.write("mode %s: %d opens by one process -> count %d, sent %d times\n" % (
+            self.mode, STORM_OPENS, count, len(sent)))
 
 
 if __name__ == "__main__":

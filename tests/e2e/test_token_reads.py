@@ -24,7 +24,6 @@ Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
 """
 
 import ctypes
-import json
 import os
 import platform
 import shutil
@@ -159,10 +158,7 @@ class TokenReadScenarios(unittest.TestCase):
         cls.tw.start_collector()
         # A folded finding is sent again when its dedup window closes: a
         # short window brings test_40's final count within its wait.
-        config = os.path.join(node.tmp, "agent.yaml")
-        with open(config, "w") as f:
-            f.write("dedup_window: %ds\n" % DEDUP_WINDOW_S)
-        cls.tw.start_agent(extra_args=["--config", config])
+        cls.tw.start_agent(config_text="dedup_window: %ds\n" % DEDUP_WINDOW_S)
         cls.entrypoint_reads_at_start = cls.app.controller_reads()[0]
 
     # helpers
@@ -382,8 +378,7 @@ class TokenReadScenarios(unittest.TestCase):
         noisy = [f for f in self.tw.findings()
                  if _process(f).get("exe", "").endswith("/app/controller")]
         self.assertEqual(noisy, [], "entrypoint raised: " + "; ".join(map(describe, noisy)))
-        with open(self.tw.findings_path, errors="replace") as out:
-            local = [json.loads(line) for line in out if line.strip()]
+        local = self.tw.local_findings()
         self.assertTrue(local, "no findings in the agent's --findings-out file")
         noisy = [f for f in local if _process(f).get("exe", "").endswith("/app/controller")]
         self.assertEqual(noisy, [], "entrypoint raised: " + "; ".join(map(describe, noisy)))

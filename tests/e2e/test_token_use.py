@@ -19,7 +19,6 @@ Usage (root): python3 tests/e2e/test_token_use.py
 Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
 """
 
-import json
 import os
 import re
 import secrets
@@ -116,10 +115,8 @@ class TokenUseScenarios(unittest.TestCase):
         cls.app.wait_entrypoint_reading()
         cls.tw = simnode.Tokenwatch(node, base.BIN_DIR)
         cls.tw.start_collector()
-        config = os.path.join(node.tmp, "agent.yaml")
-        with open(config, "w") as f:
-            f.write("correlation_window: %ds\n" % WINDOW_S)
-        cls.tw.start_agent(extra_args=["--apiserver", "%s:%d" % APISERVER, "--config", config])
+        cls.tw.start_agent(extra_args=["--apiserver", "%s:%d" % APISERVER],
+                           config_text="correlation_window: %ds\n" % WINDOW_S)
         # The listeners must answer before the scenarios start.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -254,9 +251,7 @@ class TokenUseScenarios(unittest.TestCase):
 
     def sent(self, finding_id):
         """Every export of the finding, in order, from the agent's JSON lines."""
-        lines = simnode.read_text(self.tw.findings_path).splitlines()
-        return [f for f in (json.loads(x) for x in lines if x.strip())
-                if f.get("id") == finding_id]
+        return [f for f in self.tw.local_findings() if f.get("id") == finding_id]
 
     def test_50_reconnects_fold_and_are_sent_again_once_when_the_window_closes(self):
         nc = self.applet("busybox.t50")

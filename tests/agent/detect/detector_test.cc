@@ -301,16 +301,6 @@ TEST(Detector, SeverityReasonsAreListedInTheirOwnField) {
   EXPECT_EQ(other[0].severity_reasons(0), "reader is in another pod");
 }
 
-// A token-use finding as the correlator builds it for `read`'s reader.
-v1::Finding UseOf(const TokenRead& read, const std::string& rule_id) {
-  v1::Finding use;
-  use.set_id(NewUuid());
-  use.set_rule_id(rule_id);
-  FillToken(read.token, use.mutable_token());
-  FillProcess("node-1", read.lineage.process, &read.token, use.mutable_reader());
-  return use;
-}
-
 TEST(Detector, ALaterApiServerConnectionRaisesTheReadFindingAtOnce) {
   Detector d(Options());
   absl::Time t0 = absl::FromUnixSeconds(1800000000);
@@ -318,10 +308,13 @@ TEST(Detector, ALaterApiServerConnectionRaisesTheReadFindingAtOnce) {
   auto raised = d.OnTokenRead(read);
   ASSERT_EQ(raised.size(), 1u);
   ASSERT_EQ(raised[0].severity(), v1::SEVERITY_MEDIUM);
+  const std::string id = d.last_finding_id();
+  EXPECT_EQ(id, raised[0].id());
   TokenRead again = read;
   again.time = t0 + absl::Seconds(1);
   d.OnTokenRead(again);
-  auto up = d.OnTokenUsed(UseOf(read, "TW010"));
+  EXPECT_EQ(d.last_finding_id(), id) << "a folded read names the finding it folded into";
+  auto up = d.OnTokenUsed("TW010", id);
   ASSERT_EQ(up.size(), 1u);
   EXPECT_EQ(up[0].id(), raised[0].id());
   EXPECT_EQ(up[0].severity(), v1::SEVERITY_CRITICAL);
@@ -329,38 +322,36 @@ TEST(Detector, ALaterApiServerConnectionRaisesTheReadFindingAtOnce) {
   ASSERT_EQ(up[0].severity_reasons_size(), 1);
   EXPECT_NE(up[0].severity_reasons(0).find("API server"), std::string::npos);
   // Said once; egress after that adds its reason but cannot lower it.
-  EXPECT_TRUE(d.OnTokenUsed(UseOf(read, "TW010")).empty());
-  auto egress = d.OnTokenUsed(UseOf(read, "TW011"));
+  EXPECT_TRUE(d.OnTokenUsed("TW010", id).empty());
+  auto egress = d.OnTokenUsed("TW011", id);
   ASSERT_EQ(egress.size(), 1u);
   EXPECT_EQ(egress[0].severity(), v1::SEVERITY_CRITICAL);
   EXPECT_EQ(egress[0].severity_reasons_size(), 2);
   // Everything was exported with the raise: nothing owed at window end.
   EXPECT_TRUE(d.Flush(t0 + absl::Minutes(10)).empty());
   // The fold is closed: a use now has nothing to raise.
-  EXPECT_TRUE(d.OnTokenUsed(UseOf(read, "TW011")).empty());
+  EXPECT_TRUE(d.OnTokenUsed("TW011", id).empty());
 }
 
 TEST(Detector, EgressRaisesToHighAndOnlyTheReadersOwnFinding) {
   Detector d(Options());
   TokenRead read = Read("/usr/local/bin/sidecar", "sidecar", kOwnerUid);
   ASSERT_EQ(d.OnTokenRead(read).size(), 1u);
-  TokenRead stranger = read;
-  stranger.lineage.process.pid = 777;
-  EXPECT_TRUE(d.OnTokenUsed(UseOf(stranger, "TW011")).empty());
-  EXPECT_TRUE(d.OnTokenUsed(UseOf(read, "TW021")).empty());
-  v1::Finding no_reader = UseOf(read, "TW011");
-  no_reader.clear_reader();
-  EXPECT_TRUE(d.OnTokenUsed(no_reader).empty());
-  auto up = d.OnTokenUsed(UseOf(read, "TW011"));
+  const std::string id = d.last_finding_id();
+  // An expected read names no finding; an unknown id raises nothing.
+  TokenRead entrypoint = Read("/app/controller", "controller", kOwnerUid);
+  EXPECT_TRUE(d.OnTokenRead(entrypoint).empty());
+  EXPECT_EQ(d.last_finding_id(), "");
+  EXPECT_TRUE(d.OnTokenUsed("TW011", "").empty());
+  EXPECT_TRUE(d.OnTokenUsed("TW011", NewUuid()).empty());
+  EXPECT_TRUE(d.OnTokenUsed("TW021", id).empty());
+  auto up = d.OnTokenUsed("TW011", id);
   ASSERT_EQ(up.size(), 1u);
   EXPECT_EQ(up[0].severity(), v1::SEVERITY_HIGH);
-  // A reader folded into the finding later is traced back too.
-  Detector d2(Options());
-  auto first = d2.OnTokenRead(read);
-  d2.OnTokenRead(stranger);
-  auto by_second = d2.OnTokenUsed(UseOf(stranger, "TW010"));
-  ASSERT_EQ(by_second.size(), 1u);
-  EXPECT_EQ(by_second[0].id(), first[0].id());
+  // Another reader's finding is untouched.
+  auto other = d.OnTokenRead(Read("/usr/local/bin/other", "other", kOwnerUid));
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0].severity(), v1::SEVERITY_MEDIUM);
 }
 
 TEST(IsShellOrTool, KnowsBusyboxAppletsByComm) {

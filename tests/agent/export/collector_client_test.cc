@@ -270,6 +270,38 @@ TEST_F(CollectorClientTest, LossesFromBeforeARestartAreReportedAfterIt) {
   }
 }
 
+// The memory queue overflows while the spool cannot take findings (here: the client never
+// started). The count goes into the spool with the findings that did fit, so a later run of
+// the agent reports it: the client's own memory of it is gone.
+TEST_F(CollectorClientTest, MemoryQueueOverflowsAreReportedAfterARestart) {
+  CollectorClient::Options o = ClientOptions();
+  o.max_queue = 10;
+  {
+    auto client = Client(o);
+    for (int i = 0; i < 25; ++i) client->Enqueue(MakeFinding(i));
+    EXPECT_EQ(client->stats().dropped, 15u);
+    client->Stop();  // spools what the queue still holds
+  }
+  auto client = Client(o);
+  client->Start();
+  ASSERT_TRUE(WaitFor([&] { return client->stats().acked >= 11; }));
+  uint64_t reported = 0;
+  std::set<std::string> summaries;
+  for (const v1::Finding& f : Stored()) {
+    if (f.rule_id() == "TW091") {
+      reported += f.count();
+      EXPECT_NE(f.summary().find("15 findings were lost"), std::string::npos) << f.summary();
+    } else {
+      summaries.insert(f.summary());
+    }
+  }
+  EXPECT_EQ(reported, 15u) << "every overflow is reported, once";
+  EXPECT_EQ(summaries.size(), 10u);
+  EXPECT_TRUE(summaries.count("finding 24")) << "the newest survive";
+  EXPECT_FALSE(summaries.count("finding 14")) << "the oldest are dropped";
+  client->Stop();
+}
+
 TEST_F(CollectorClientTest, ADamagedSpoolRecordIsSkippedAndReportedAndTheRestArrive) {
   int port = port_;
   StopCollector();

@@ -44,6 +44,21 @@ std::vector<uint64_t> Range(uint64_t from, uint64_t to) {
   return out;
 }
 
+// Reports the spool's unreported losses as the client does (a TW091-like finding appended to the
+// spool) and returns what the report said; nothing when nothing was lost.
+Spool::Lost Report(Spool& spool) {
+  Spool::Lost reported;
+  absl::StatusOr<uint64_t> sequence = spool.AppendLossReport([&](const Spool::Lost& lost) {
+    reported = lost;
+    v1::Finding report = MakeFinding(9999);
+    report.set_rule_id("TW091");
+    report.set_count(lost.dropped + lost.corrupt);
+    return report;
+  });
+  EXPECT_TRUE(sequence.ok()) << sequence.status();
+  return reported;
+}
+
 class SpoolTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -176,10 +191,12 @@ TEST_F(SpoolTest, OneCorruptByteSkipsOneRecordAndTheRestIsDelivered) {
   expected.erase(expected.begin() + 9);
   EXPECT_EQ(Sequences(spool->ReadAfter(0, 1000)), expected);
   EXPECT_EQ(spool->stats().corrupt_total, 1u);
-  Spool::Lost lost = spool->TakeLost();
+  EXPECT_EQ(spool->stats().unreported.corrupt, 1u);
+  Spool::Lost lost = Report(*spool);
   EXPECT_EQ(lost.corrupt, 1u);
   EXPECT_EQ(lost.dropped, 0u);
-  EXPECT_EQ(spool->TakeLost().corrupt, 0u) << "a loss is reported once";
+  EXPECT_EQ(Report(*spool).corrupt, 0u) << "a loss is reported once";
+  EXPECT_EQ(spool->stats().unreported.corrupt, 0u);
 }
 
 TEST_F(SpoolTest, DamageAfterOpenIsSkippedWhenRead) {
@@ -191,7 +208,7 @@ TEST_F(SpoolTest, DamageAfterOpenIsSkippedWhenRead) {
   file.put('\xee');
   file.close();
   EXPECT_EQ(Sequences(spool->ReadAfter(0, 100)), Range(2, 5));
-  EXPECT_EQ(spool->TakeLost().corrupt, 1u);
+  EXPECT_EQ(Report(*spool).corrupt, 1u);
 }
 
 TEST_F(SpoolTest, AFullSpoolDropsTheOldestAndCountsThem) {
@@ -205,7 +222,8 @@ TEST_F(SpoolTest, AFullSpoolDropsTheOldestAndCountsThem) {
   ASSERT_FALSE(left.empty());
   EXPECT_EQ(left.back(), 400u) << "the newest survive";
   EXPECT_EQ(left, Range(401 - left.size(), 400)) << "only the oldest are dropped";
-  EXPECT_EQ(spool->TakeLost().dropped, stats.dropped_total);
+  EXPECT_EQ(spool->stats().unreported.dropped, stats.dropped_total);
+  EXPECT_EQ(Report(*spool).dropped, stats.dropped_total);
 }
 
 TEST_F(SpoolTest, AckedFindingsAreNotCountedWhenTheirSegmentGoes) {
@@ -244,10 +262,12 @@ TEST_F(SpoolTest, DropsOfAFullSpoolAreStillCountedAfterASigkill) {
   });
   auto spool = Open(16384, 4096);
   const Spool::Stats stats = spool->stats();
-  const Spool::Lost lost = spool->TakeLost();
-  EXPECT_GT(lost.dropped, 0u);
-  EXPECT_EQ(lost.dropped + stats.unacked, 400u) << "every finding is stored or counted";
-  EXPECT_EQ(Open(16384, 4096)->TakeLost().dropped, 0u) << "taken counts stay taken";
+  EXPECT_GT(stats.unreported.dropped, 0u);
+  EXPECT_EQ(stats.unreported.dropped + stats.unacked, 400u) << "every finding is stored or counted";
+  spool->Ack(stats.last_sequence);  // room for the report, which then drops nothing more
+  EXPECT_EQ(Report(*spool).dropped, stats.unreported.dropped);
+  spool.reset();
+  EXPECT_EQ(Open(16384, 4096)->stats().unreported.dropped, 0u) << "reported counts stay reported";
 }
 
 TEST_F(SpoolTest, ALossReportIsDurableAndClearsTheCountInOneStep) {
@@ -260,7 +280,8 @@ TEST_F(SpoolTest, ALossReportIsDurableAndClearsTheCountInOneStep) {
   }
   InAChildKilledAfterwards([&] {
     auto spool = Open(16384, 4096);
-    absl::StatusOr<uint64_t> sequence = spool->AppendLossReport(7, [](const Spool::Lost& lost) {
+    spool->CountDropped(7);  // the caller's own losses, as from the client's memory queue
+    absl::StatusOr<uint64_t> sequence = spool->AppendLossReport([](const Spool::Lost& lost) {
       v1::Finding report = MakeFinding(9999);
       report.set_rule_id("TW091");
       report.set_count(lost.dropped + lost.corrupt);
@@ -269,13 +290,13 @@ TEST_F(SpoolTest, ALossReportIsDurableAndClearsTheCountInOneStep) {
     if (!sequence.ok() || *sequence != 401) _exit(2);
   });
   auto spool = Open(16384, 4096);
-  EXPECT_EQ(spool->TakeLost().dropped, 0u) << "the reported loss is not counted again";
+  EXPECT_EQ(spool->stats().unreported.dropped, 0u) << "the reported loss is not counted again";
   std::vector<v1::SequencedFinding> left = spool->ReadAfter(0, 1000);
   ASSERT_FALSE(left.empty());
   EXPECT_EQ(left.back().sequence(), 401u);
   EXPECT_EQ(left.back().finding().rule_id(), "TW091");
   EXPECT_EQ(left.back().finding().count(), dropped + 7) << "spool drops plus the caller's";
-  EXPECT_EQ(*spool->AppendLossReport(0, [](const Spool::Lost&) { return MakeFinding(1); }), 0u)
+  EXPECT_EQ(*spool->AppendLossReport([](const Spool::Lost&) { return MakeFinding(1); }), 0u)
       << "nothing lost, nothing reported";
 }
 
@@ -296,14 +317,111 @@ TEST_F(SpoolTest, ADamagedRecordIsCountedOnceAcrossRestarts) {
   Open(1 << 20, 1 << 16);  // a clean restart that does not report either
   {
     auto spool = Open(1 << 20, 1 << 16);
-    EXPECT_EQ(spool->TakeLost().corrupt, 1u);
     EXPECT_EQ(Sequences(spool->ReadAfter(0, 100)), Range(2, 5));
+    EXPECT_EQ(Report(*spool).corrupt, 1u);
   }
-  EXPECT_EQ(Open(1 << 20, 1 << 16)->TakeLost().corrupt, 0u)
+  EXPECT_EQ(Open(1 << 20, 1 << 16)->stats().unreported.corrupt, 0u)
       << "a reported damaged record is not reported again while its segment lives";
 }
 
 TEST_F(SpoolTest, DamageFoundWhileReadingSurvivesASigkill) {
+  // Killed before the next Sync the rescan finds the damage; after it, the `lost` file has it.
+  for (bool synced : {false, true}) {
+    SCOPED_TRACE(synced ? "synced after the read" : "killed right after the read");
+    std::filesystem::remove_all(dir_ + "/spool");
+    InAChildKilledAfterwards([&] {
+      auto spool = Open(1 << 20, 1 << 16);
+      for (int i = 1; i <= 5; ++i) {
+        if (!spool->Append(MakeFinding(i)).ok()) _exit(2);
+      }
+      {
+        std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
+        file.seekp(kSpoolRecordHeaderBytes + 3);
+        file.put('\xee');
+      }
+      if (spool->ReadAfter(0, 100).size() != 4) _exit(3);
+      if (synced && !spool->Sync().ok()) _exit(4);
+    });
+    auto spool = Open(1 << 20, 1 << 16);
+    EXPECT_EQ(spool->stats().unreported.corrupt, 1u)
+        << "counted by the read or by the rescan, never by both";
+    EXPECT_EQ(Report(*spool).corrupt, 1u);
+  }
+}
+
+TEST_F(SpoolTest, TheCallersDropsAreReportedAfterASigkill) {
+  InAChildKilledAfterwards([&] {
+    auto spool = Open(1 << 20, 1 << 16);
+    for (int i = 1; i <= 3; ++i) {
+      if (!spool->Append(MakeFinding(i)).ok()) _exit(2);
+    }
+    spool->CountDropped(5);
+    spool->CountDropped(2);
+    if (!spool->Sync().ok()) _exit(3);  // the batch fsync the client does anyway
+  });
+  auto spool = Open(1 << 20, 1 << 16);
+  EXPECT_EQ(spool->stats().dropped_total, 0u) << "not drops of the spool's own";
+  EXPECT_EQ(Report(*spool).dropped, 7u);
+  EXPECT_EQ(Sequences(spool->ReadAfter(0, 100)), Range(1, 4)) << "the findings and the report";
+  spool.reset();
+  EXPECT_EQ(Open(1 << 20, 1 << 16)->stats().unreported.dropped, 0u) << "reported once";
+}
+
+TEST_F(SpoolTest, ADamagedLostFileDoesNotHideDamageInASegment) {
+  {
+    auto spool = Open(1 << 20, 1 << 16);
+    for (int i = 1; i <= 5; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
+  }
+  {
+    std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(kSpoolRecordHeaderBytes + 3);  // inside record 1's payload
+    file.put('\xee');
+  }
+  {
+    std::ofstream lost(dir_ + "/spool/lost", std::ios::trunc | std::ios::binary);
+    lost << "dropped 1x\n\xff\xfe\x01 not a count\ncounted\ncorrupt -3\n";
+  }
+  {
+    auto spool = Open(1 << 20, 1 << 16);
+    ASSERT_NE(spool, nullptr);
+    EXPECT_TRUE(spool->stats().lost_file_damaged);
+    EXPECT_EQ(Sequences(spool->ReadAfter(0, 100)), Range(2, 5));
+    EXPECT_EQ(Report(*spool).corrupt, 1u) << "the segment's damage is counted afresh";
+  }
+  auto spool = Open(1 << 20, 1 << 16);
+  EXPECT_FALSE(spool->stats().lost_file_damaged) << "a clean file replaced the damaged one";
+  EXPECT_EQ(spool->stats().unreported.corrupt, 0u) << "and remembers the damage was counted";
+}
+
+// The spool cannot write its loss counts (a directory where it writes them aside): it keeps
+// what it would drop while it can, and once a write succeeds the counts are durable.
+TEST_F(SpoolTest, AFullSpoolThatCannotRecordItsLossesOvershootsBrieflyAndCountsThemLater) {
+  const std::string blocker = dir_ + "/spool/lost.tmp";
+  InAChildKilledAfterwards([&] {
+    auto spool = Open(16384, 4096);
+    if (!std::filesystem::create_directory(blocker)) _exit(2);
+    uint64_t most = 0;
+    for (int i = 1; i <= 400; ++i) {
+      if (!spool->Append(MakeFinding(i, 100)).ok()) _exit(3);
+      most = std::max(most, spool->stats().bytes);
+    }
+    const Spool::Stats stats = spool->stats();
+    if (stats.lost_write_failures == 0) _exit(4);
+    if (most <= 16384) _exit(5);         // kept what it could not record the loss of
+    if (most > 16384 + 4096) _exit(6);   // but by one segment at most
+    if (stats.dropped_total == 0) _exit(7);
+    if (stats.dropped_total + stats.unacked != 400) _exit(8);
+    std::filesystem::remove(blocker);
+    if (!spool->Sync().ok()) _exit(9);
+  });
+  auto spool = Open(16384, 4096);
+  const Spool::Stats stats = spool->stats();
+  EXPECT_GT(stats.unreported.dropped, 0u);
+  EXPECT_EQ(stats.unreported.dropped + stats.unacked, 400u) << "every finding is stored or counted";
+}
+
+TEST_F(SpoolTest, AnAckedSegmentStaysUntilItsDamageCountIsOnDisk) {
+  const std::string blocker = dir_ + "/spool/lost.tmp";
   InAChildKilledAfterwards([&] {
     auto spool = Open(1 << 20, 1 << 16);
     for (int i = 1; i <= 5; ++i) {
@@ -315,9 +433,16 @@ TEST_F(SpoolTest, DamageFoundWhileReadingSurvivesASigkill) {
       file.put('\xee');
     }
     if (spool->ReadAfter(0, 100).size() != 4) _exit(3);
+    if (!std::filesystem::create_directory(blocker)) _exit(4);
+    spool->Ack(5);
+    if (Segments().size() != 1) _exit(5);  // unlinking it would forget the damage
+    if (spool->stats().lost_write_failures == 0) _exit(6);
+    std::filesystem::remove(blocker);
+    if (!spool->Sync().ok()) _exit(7);
+    if (!Segments().empty()) _exit(8);  // written now, so the acked segment goes
   });
   auto spool = Open(1 << 20, 1 << 16);
-  EXPECT_EQ(spool->TakeLost().corrupt, 1u) << "counted by the read, not again by the rescan";
+  EXPECT_EQ(spool->stats().unreported.corrupt, 1u) << "the damage outlived its segment";
 }
 
 TEST_F(SpoolTest, RefusesAnUnusableDirectory) {

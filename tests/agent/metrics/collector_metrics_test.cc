@@ -141,6 +141,16 @@ TEST_F(CollectorMetricsTest, CountsRejectionsByReason) {
   EXPECT_THAT(text, HasSubstr("tokenwatch_collector_findings_stored_total 0"));
 }
 
+TEST_F(CollectorMetricsTest, EveryTimedMethodHasASeriesBeforeItsFirstCall) {
+  // rate() over a series that appears only with the first call misses that call.
+  const std::string text = Expose(*metrics_);
+  for (const char* method : {"ListFindings", "GetFinding", "UploadProfiles", "ListProfiles"}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat("tokenwatch_collector_request_duration_seconds_count{"
+                                             "method=\"",
+                                             method, "\"} 0")));
+  }
+}
+
 TEST_F(CollectorMetricsTest, TimesQueriesByMethod) {
   grpc::ClientContext context;
   v1::ListFindingsRequest request;

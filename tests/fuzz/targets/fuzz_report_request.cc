@@ -1,10 +1,13 @@
 // Fuzzes the collector's handling of what a client sends: every Report stream message goes
 // through ParseReportRequest before anything is stored, and query filters through
 // QueryFromRequest. Neither may crash; an accepted finding must satisfy the invariants the store
-// relies on.
+// relies on. FindingBytesIn picks the agent's own Finding bytes out of a request for the store:
+// whatever it picks must parse to the very finding the request parses to.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+
+#include <google/protobuf/util/message_differencer.h>
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -55,6 +58,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } else if (!request.ok() &&
              request.status().code() != absl::StatusCode::kInvalidArgument) {
     std::abort();  // garbage must be INVALID_ARGUMENT, nothing else
+  }
+
+  tokenwatch::v1::ReportRequest parsed;
+  const absl::string_view stored = tokenwatch::collector::FindingBytesIn(bytes);
+  if (!stored.empty() && parsed.ParseFromArray(data, static_cast<int>(size))) {
+    tokenwatch::v1::Finding finding;
+    if (!finding.ParseFromArray(stored.data(), static_cast<int>(stored.size())) ||
+        !google::protobuf::util::MessageDifferencer::Equals(finding,
+                                                            parsed.finding().finding())) {
+      std::abort();  // the store would keep bytes other than the finding that was validated
+    }
   }
 
   tokenwatch::v1::ListFindingsRequest list;
