@@ -145,9 +145,13 @@ AgentMetrics::AgentMetrics(const std::string& version, const std::string& git_co
   for (const char* outcome : {"reported", "folded"}) token_opens_.Add({{"outcome", outcome}});
   // Every drop reason exists from the start, so that increase() and the
   // alerting rules see the first loss rather than a series appearing.
-  for (const char* reason : {"ring_full", "proc_table_update_failed", "proc_table_evicted"}) {
+  for (const char* reason : {"ring_full", "fanotify_overflow", "proc_table_update_failed",
+                             "proc_table_evicted"}) {
     drops_.Add({{"reason", reason}});
   }
+  // Every record type too: in fanotify mode no token_open record ever comes,
+  // and a rate over a series that is absent reads as "no data", not 0.
+  for (const char* type : {"token_open", "connect", "argv_token"}) records_.Add({{"type", type}});
   // Both results from the start, so that an alert on failed uploads sees the first one.
   for (const char* result : {"ok", "failed"}) profile_uploads_.Add({{"result", result}});
   BuildGauge()

@@ -10,6 +10,7 @@
 // - a refusal is INVALID_ARGUMENT and never anything else.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +45,13 @@ constexpr char kSeedNode[] = "seed-node";
 
 void Check(bool ok) {
   if (!ok) std::abort();
+}
+
+// For set-up steps: says what failed before aborting.
+void CheckOk(const absl::Status& s, const char* what) {
+  if (s.ok()) return;
+  std::fprintf(stderr, "%s: %s\n", what, std::string(s.message()).c_str());
+  std::abort();
 }
 
 UploadProfilesRequest SeedUpload(const std::string& node) {
@@ -154,7 +162,8 @@ void FuzzList(const uint8_t* data, size_t size) {
     Check(page.status().code() == absl::StatusCode::kInvalidArgument);  // a foreign page token
     return;
   }
-  const uint32_t limit = query->limit == 0 ? ProfileStore::kDefaultListLimit : query->limit;
+  const uint32_t limit = query->limit == 0 ? ProfileStore::kDefaultListLimit
+                                            : std::min(query->limit, ProfileStore::kMaxListLimit);
   Check(page->profiles.size() <= limit);
   for (const LearnedProfile& p : page->profiles) {
     Check(query->namespace_name.empty() || p.namespace_() == query->namespace_name);
@@ -170,12 +179,12 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   google::protobuf::SetLogHandler(
       [](google::protobuf::LogLevel, const char*, int, const std::string&) {});
   absl::StatusOr<std::unique_ptr<ProfileStore>> store = ProfileStore::Open(":memory:");
-  Check(store.ok());
+  CheckOk(store.status(), "open the profile store");
   g_store = store->release();  // lives as long as the process
   const UploadProfilesRequest seed = SeedUpload(kSeedNode);
-  Check(ValidateUploadProfilesRequest(seed, kNow).ok());
+  CheckOk(ValidateUploadProfilesRequest(seed, kNow), "validate the seed upload");
   std::vector<LearnedProfile> profiles(seed.profiles().begin(), seed.profiles().end());
-  Check(g_store->ReplaceNode(kSeedNode, profiles, kNow).ok());
+  CheckOk(g_store->ReplaceNode(kSeedNode, profiles, kNow), "store the seed profiles");
   if (const char* seeds = std::getenv("TW_FUZZ_WRITE_SEEDS")) WriteSeeds(seeds);
   return 0;
 }
