@@ -21,6 +21,11 @@ std::string PodOf(const tokens::TokenInfo& token) {
 
 }  // namespace
 
+bool SameCgroup(const process::ProcessView& a, const process::ProcessView& b) {
+  if (a.cgroup_id != 0 && b.cgroup_id != 0) return a.cgroup_id == b.cgroup_id;
+  return !a.cgroup.empty() && a.cgroup == b.cgroup;
+}
+
 ProcKey KeyOf(const process::ProcessView& p) {
   return {p.pid, StartTicks(p.start_boottime_ns)};
 }
@@ -30,12 +35,20 @@ Correlator::Taint Correlator::OnTokenRead(const TokenRead& read) {
   taint.read_id = next_read_id_++;
   taint.expires = read.time + options_.window;
   const process::ProcessView& reader = read.lineage.process;
+  taint.cgroup_id = reader.cgroup_id;
   taint.keys.push_back(KeyOf(reader));
   // Up the chain while inside the reader's container and short of its init:
   // the shell that ran `T=$(cat token)` is tainted, the entrypoint is not
   // (that would taint everything the container ever starts).
   size_t host_budget = 1;
   for (const process::ProcessView& a : read.lineage.ancestors) {
+    // The program the reader (or an ancestor) ran before it exec'd is the
+    // same process, already tainted: `sh -c 'exec cat token'` taints cat
+    // and sh's parent, as `sh -c 'cat token'` does.
+    if (KeyOf(a) == taint.keys.back()) continue;
+    // Never past the reader's cgroup: a container process's parent on the
+    // host, or a host reader's parent in another cgroup.
+    if (!SameCgroup(reader, a)) break;
     if (reader.container.has_value()) {
       bool same = reader.pidns != 0 ? a.pidns == reader.pidns
                                     : a.container.has_value() &&
@@ -52,11 +65,13 @@ Correlator::Taint Correlator::OnTokenRead(const TokenRead& read) {
   return taint;
 }
 
-uint64_t Correlator::TaintedBy(const ProcKey& key, absl::Time at) const {
-  auto it = tainted_.find(key);
+uint64_t Correlator::TaintedBy(const process::ProcessView& p,
+                               const process::ProcessView& connector, absl::Time at) const {
+  auto it = tainted_.find(KeyOf(p));
   if (it == tainted_.end()) return 0;
   auto r = reads_.find(it->second);
   if (r == reads_.end()) return 0;
+  if (!SameCgroup(r->second.read.lineage.process, connector)) return 0;
   // Looking back: a connection up to one window before the read counts.
   if (at > r->second.expires || at < r->second.read.time - options_.window) return 0;
   return it->second;
@@ -65,8 +80,10 @@ uint64_t Correlator::TaintedBy(const ProcKey& key, absl::Time at) const {
 const Correlator::Read* Correlator::SourceOf(const Connection& c, uint64_t kernel_read_id,
                                              uint64_t* read_id) const {
   if (kernel_read_id != 0) {
+    // The kernel checked the cgroup for its own reports; a look-back's
+    // candidate is checked here.
     auto it = reads_.find(kernel_read_id);
-    if (it != reads_.end()) {
+    if (it != reads_.end() && SameCgroup(it->second.read.lineage.process, c.lineage.process)) {
       *read_id = kernel_read_id;
       return &it->second;
     }
@@ -75,7 +92,7 @@ const Correlator::Read* Correlator::SourceOf(const Connection& c, uint64_t kerne
   std::vector<const process::ProcessView*> chain = {&c.lineage.process};
   for (const process::ProcessView& a : c.lineage.ancestors) chain.push_back(&a);
   for (const process::ProcessView* p : chain) {
-    if (uint64_t id = TaintedBy(KeyOf(*p), c.time); id != 0) {
+    if (uint64_t id = TaintedBy(*p, c.lineage.process, c.time); id != 0) {
       *read_id = id;
       return &reads_.at(id);
     }

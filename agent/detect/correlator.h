@@ -20,6 +20,9 @@ namespace tokenwatch::detect {
 // A process's identity as the kernel's tables key it: (tgid, start ticks).
 using ProcKey = std::pair<uint32_t, uint64_t>;
 ProcKey KeyOf(const process::ProcessView& p);
+// Whether two processes were in the same cgroup: by cgroup v2 id where both
+// are known, else by path; false when neither tells.
+bool SameCgroup(const process::ProcessView& a, const process::ProcessView& b);
 
 // An outbound TCP connection and who made it.
 struct Connection {
@@ -41,6 +44,15 @@ struct Connection {
 // every connection of a tainted process. The join also looks back: a
 // connection made before the read (wget --post-file) or by a sibling
 // (cat token | nc) is matched when its process, or its parent, is tainted.
+//
+// The taint boundary: a taint holds only for connections made in the cgroup
+// the reader was in when it read (compared by cgroup v2 id, in the kernel
+// and here). A tainted host process's child that `runc exec` or a shim
+// moved into a container, a container process's parent on the host, and
+// the processes of another container or pod are never joined to the read,
+// whatever their names; ancestors outside the reader's cgroup are not
+// tainted at all. A connection whose cgroup or reader's cgroup is unknown is
+// not joined either: no critical finding rests on a guess.
 //
 // Folding, as the detector does for reads (agent/detect/detector.h): later
 // connections for the same read fold into its open finding; untainted
@@ -72,6 +84,9 @@ class Correlator {
     uint64_t read_id = 0;
     std::vector<ProcKey> keys;
     absl::Time expires;
+    // The reader's cgroup v2 id: the taint holds only there (0: unknown,
+    // holds nowhere in the kernel).
+    uint64_t cgroup_id = 0;
   };
 
   explicit Correlator(Options options) : options_(std::move(options)) {}
@@ -80,8 +95,11 @@ class Correlator {
   // kernel's map.
   Taint OnTokenRead(const TokenRead& read);
 
-  // The read that tainted `key` (directly), or 0.
-  uint64_t TaintedBy(const ProcKey& key, absl::Time at) const;
+  // The read that tainted `p` (directly) and that a connection by
+  // `connector` at `at` may be joined to (same cgroup as the reader, within
+  // the window), or 0.
+  uint64_t TaintedBy(const process::ProcessView& p, const process::ProcessView& connector,
+                     absl::Time at) const;
 
   // A connection: from the kernel (kernel_read_id: the taint it saw, or 0)
   // or found looking back. Returns findings to export now.

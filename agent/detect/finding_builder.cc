@@ -100,6 +100,7 @@ void FillProcess(const std::string& node, const process::ProcessView& view,
   }
   out->set_cgroup(view.cgroup);
   out->set_exec_session(view.exec_session);
+  out->set_from_exec(view.from_exec);
   if (view.container.has_value()) {
     out->set_in_container(true);
     out->set_container_id(view.container->container_id);

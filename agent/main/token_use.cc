@@ -154,7 +154,7 @@ void TokenUse::OnUnexpectedRead(const detect::TokenRead& read) {
   const uint64_t expires_ns = read.kernel_ts_ns + window_ns;
   for (const detect::ProcKey& key : taint.keys) {
     tw_proc_key k{key.first, 0, key.second};
-    if (absl::Status s = probe_->Taint(k, taint.read_id, expires_ns); !s.ok()) {
+    if (absl::Status s = probe_->Taint(k, taint.read_id, expires_ns, taint.cgroup_id); !s.ok()) {
       Logf(LogLevel::kWarning, "%s", s.message());
     }
   }

@@ -95,8 +95,9 @@ absl::Status TokenUseProbe::SetWatchedDestinations(
   return absl::OkStatus();
 }
 
-absl::Status TokenUseProbe::Taint(const tw_proc_key& key, uint64_t read_id, uint64_t expires_ns) {
-  tw_taint value{read_id, expires_ns};
+absl::Status TokenUseProbe::Taint(const tw_proc_key& key, uint64_t read_id, uint64_t expires_ns,
+                                  uint64_t cgroup_id) {
+  tw_taint value{read_id, expires_ns, cgroup_id};
   if (bpf_map_update_elem(taint_fd_, &key, &value, BPF_ANY) != 0) {
     return ErrnoStatus(errno, "taint process");
   }

@@ -54,8 +54,10 @@ class TokenUseProbe {
   // Replaces the set of always-reported destinations.
   absl::Status SetWatchedDestinations(const std::vector<std::pair<tw_endpoint, uint32_t>>& dests);
   // Marks a process tainted by the token read `read_id` until `expires_ns`
-  // (boot clock).
-  absl::Status Taint(const tw_proc_key& key, uint64_t read_id, uint64_t expires_ns);
+  // (boot clock), for connections made in the cgroup `cgroup_id` (the
+  // reader's; see struct tw_taint).
+  absl::Status Taint(const tw_proc_key& key, uint64_t read_id, uint64_t expires_ns,
+                     uint64_t cgroup_id);
   // Every process's remembered recent connections.
   std::vector<Recent> RecentConnections() const;
 

@@ -1,5 +1,7 @@
 #include "agent/process/lineage.h"
 
+#include <sys/stat.h>
+
 #include <cstring>
 
 #include "absl/strings/string_view.h"
@@ -25,6 +27,15 @@ void LineageBuilder::Attribute(ProcessView* view, std::string cgroup) const {
   view->container = k8s::ParseCgroupPath(view->cgroup);
 }
 
+uint64_t LineageBuilder::CgroupIdOf(const std::string& path) const {
+  struct stat st;
+  if (path.empty() || cgroups_->mount().empty() ||
+      stat((cgroups_->mount() + path).c_str(), &st) != 0) {
+    return 0;
+  }
+  return st.st_ino;
+}
+
 ProcessView LineageBuilder::FromEntry(const tw_proc& e) const {
   ProcessView view;
   view.pid = e.key.tgid;
@@ -40,6 +51,11 @@ ProcessView LineageBuilder::FromEntry(const tw_proc& e) const {
   view.ns_pid = e.ns_pid;
   view.pidns = e.pidns;
   view.exited = (e.flags & TW_PROC_EXITED) != 0;
+  // The kernel keeps the image an exec replaced under the same pid, as this
+  // entry's parent (key.image set); FromRecord puts the real parent's pid in
+  // ppid once it has the chain.
+  view.from_exec = e.parent.tgid == e.key.tgid && e.parent.image != 0;
+  view.cgroup_id = e.cgroup_id;
   Attribute(&view, cgroups_->PathOf(e.cgroup_id).value_or(""));
   // A relative or cut exe: take the full path from /proc if the pid still
   // names the same process.
@@ -66,7 +82,10 @@ std::optional<ProcessView> LineageBuilder::FromProc(uint32_t pid) const {
   if (auto argv = proc_->ReadArgv(pid); argv.ok()) view.argv = *std::move(argv);
   if (auto ids = proc_->ReadIds(pid); ids.ok()) std::tie(view.uid, view.gid) = *ids;
   if (auto inner = proc_->ReadInnermostPid(pid); inner.ok()) view.ns_pid = *inner;
-  if (auto cg = proc_->ReadCgroupV2(pid); cg.ok()) Attribute(&view, *cg);
+  if (auto cg = proc_->ReadCgroupV2(pid); cg.ok()) {
+    Attribute(&view, *cg);
+    view.cgroup_id = CgroupIdOf(view.cgroup);
+  }
   return view;
 }
 
@@ -82,6 +101,7 @@ Lineage LineageBuilder::FromRecord(uint32_t tgid, uint64_t cgroup_id, const tw_p
   lineage.process = FromEntry(actor);
   // The cgroup at the moment of the event, not at exec.
   Attribute(&lineage.process, cgroups_->PathOf(cgroup_id).value_or(""));
+  if (cgroup_id != 0) lineage.process.cgroup_id = cgroup_id;
   lineage.process.pid = tgid;
 
   size_t n = std::min<size_t>(n_ancestors, TW_MAX_ANCESTORS);
@@ -90,8 +110,33 @@ Lineage LineageBuilder::FromRecord(uint32_t tgid, uint64_t cgroup_id, const tw_p
   }
   lineage.truncated = truncated;
 
+  // An image's parent in the kernel's chain is its own previous image
+  // (unless that entry was cut off): give it the pid of the parent that image
+  // had, from the top down, so a run of execs all get it.
+  for (size_t i = 0; i < lineage.ancestors.size(); ++i) {
+    ProcessView& image = i == 0 ? lineage.process : lineage.ancestors[i - 1];
+    if (lineage.ancestors[i].pid != image.pid) image.from_exec = false;
+  }
+  for (size_t i = lineage.ancestors.size(); i-- > 0;) {
+    ProcessView& image = i == 0 ? lineage.process : lineage.ancestors[i - 1];
+    if (image.from_exec) image.ppid = lineage.ancestors[i].ppid;
+  }
+
   // Where the kernel's chain stopped short of the top, continue from /proc.
-  uint32_t next = lineage.ancestors.empty() ? lineage.process.ppid : lineage.ancestors.back().ppid;
+  // A chain cut right after an exec ends on an image whose previous one was
+  // evicted: its ppid is still its own pid, and /proc would show the same
+  // process again (one entry per image: the same pid and start time twice in
+  // a row only for a real exec), so take the parent from /proc's ppid.
+  ProcessView& last = lineage.ancestors.empty() ? lineage.process : lineage.ancestors.back();
+  uint32_t next = last.ppid;
+  if (last.from_exec && next == last.pid) {
+    last.from_exec = false;
+    auto stat = proc_->ReadStat(last.pid);
+    next = stat.ok() && StartTicks(stat->start_boottime_ns) == StartTicks(last.start_boottime_ns)
+               ? stat->ppid
+               : 0;
+    last.ppid = next;
+  }
   while (!lineage.truncated && next > 0) {
     if (lineage.ancestors.size() >= options_.max_depth) {
       lineage.truncated = true;
@@ -99,6 +144,9 @@ Lineage LineageBuilder::FromRecord(uint32_t tgid, uint64_t cgroup_id, const tw_p
     }
     std::optional<ProcessView> parent = FromProc(next);
     if (!parent.has_value()) break;
+    // A pid reused since: a process younger than its child is not its parent.
+    const ProcessView& child = lineage.ancestors.empty() ? lineage.process : lineage.ancestors.back();
+    if (parent->start_boottime_ns > child.start_boottime_ns && child.start_boottime_ns != 0) break;
     next = parent->ppid;
     lineage.ancestors.push_back(*std::move(parent));
   }

@@ -50,6 +50,8 @@ class LineageBuilder {
   // The live process `pid`, or nullopt when it is gone.
   std::optional<ProcessView> FromProc(uint32_t pid) const;
   void Attribute(ProcessView* view, std::string cgroup) const;
+  // The id of the cgroup at `path` (under the cgroup2 mount), 0 if unknown.
+  uint64_t CgroupIdOf(const std::string& path) const;
 
   Options options_;
   const ProcReader* proc_;

@@ -23,12 +23,18 @@ struct ProcessView {
   std::string comm;
   std::vector<std::string> argv;  // already redacted
   std::string cgroup;             // cgroup v2 path, "" when unknown
+  // The cgroup v2 id (the inode of its directory) at the event; 0 when
+  // unknown. Taint stays inside the reader's (detect::Correlator).
+  uint64_t cgroup_id = 0;
   std::optional<k8s::ContainerRef> container;  // nullopt: a host process
   // The pod's namespace and name, when a token of that pod is inventoried
   // (its claims name it); empty otherwise.
   std::string pod_namespace;
   std::string pod_name;
   bool exec_session = false;
+  // This image came from an exec by the same process (same pid and start
+  // time): the next entry of its lineage is the program it ran before.
+  bool from_exec = false;
   // pid as its own pid namespace sees it (1: a container's init) and that
   // namespace's inode; 0 when unknown.
   uint32_t ns_pid = 0;

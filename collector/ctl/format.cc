@@ -98,6 +98,7 @@ std::string ProcessLine(const Process& p) {
     absl::StrAppend(&line, "  [container]");
   }
   if (p.exec_session()) absl::StrAppend(&line, "  [exec session]");
+  if (p.from_exec()) absl::StrAppend(&line, "  [exec of the line above]");
   return line;
 }
 

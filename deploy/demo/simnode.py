@@ -729,6 +729,91 @@ class SimNode:
         rel = os.path.relpath(pod.token_path, self.pods_dir)
         return "/host/kubelet/pods/" + rel
 
+    def add_service_network(self):
+        """A ServiceNetwork of this node's own, removed at close()."""
+        return ServiceNetwork(self)
+
+
+# ---------------------------------------------------------------------------
+# A network for connections the agent must see
+
+
+# Accepts connections on every port it is given and reads what comes.
+_LISTENER = r"""
+import select, socket, sys
+socks = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64); socks.append(s)
+while True:
+    r, _, _ = select.select(socks, [], [], 1)
+    for s in r:
+        c, _ = s.accept(); c.settimeout(1)
+        try: c.recv(4096)
+        except OSError: pass
+        c.close()
+"""
+
+
+class ServiceNetwork:
+    """Two network namespaces of the test's own, wired by a veth pair: `client`
+    (10.200.0.2, for containers to join and host processes to enter with `ip
+    netns exec`) routes everything to `server` (10.200.0.1), which holds the
+    API-server stand-in APISERVER (:443), the metadata service METADATA (:80)
+    and PUBLIC (:80, a documentation-range address standing for the internet),
+    each answered by a listener. Nothing in the root namespace routes to them,
+    so no packet leaves the machine."""
+
+    APISERVER = ("10.96.0.1", 443)
+    METADATA = ("169.254.169.254", 80)
+    PUBLIC = ("192.0.2.10", 80)
+
+    def __init__(self, node):
+        tag = secrets.token_hex(3)
+        self.client, self.server = "tw-ctr-" + tag, "tw-srv-" + tag
+        veth_c, veth_s = "twc" + tag, "tws" + tag
+        for ns in (self.client, self.server):
+            self._ip("netns", "add", ns)
+            node.cleanup.push("delete netns " + ns,
+                              lambda ns=ns: subprocess.run(["ip", "netns", "del", ns]))
+        self._ip("link", "add", veth_c, "type", "veth", "peer", "name", veth_s)
+        self._ip("link", "set", veth_c, "netns", self.client)
+        self._ip("link", "set", veth_s, "netns", self.server)
+        self._ip("-n", self.client, "addr", "add", "10.200.0.2/24", "dev", veth_c)
+        self._ip("-n", self.client, "link", "set", veth_c, "up")
+        self._ip("-n", self.client, "link", "set", "lo", "up")
+        self._ip("-n", self.client, "route", "add", "default", "via", "10.200.0.1")
+        self._ip("-n", self.server, "addr", "add", "10.200.0.1/24", "dev", veth_s)
+        for addr in (self.APISERVER[0], self.METADATA[0], self.PUBLIC[0]):
+            self._ip("-n", self.server, "addr", "add", addr + "/32", "dev", "lo")
+        self._ip("-n", self.server, "link", "set", veth_s, "up")
+        self._ip("-n", self.server, "link", "set", "lo", "up")
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", self.server, "/usr/bin/python3", "-c", _LISTENER, "443", "80"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node.cleanup.push("stop listeners", lambda: (listener.kill(), listener.wait()))
+
+    @staticmethod
+    def _ip(*args):
+        host_run(["ip"] + list(args))
+
+    def host_argv(self, argv):
+        """argv run as a host process (host cgroup and pid namespace) that
+        connects through the client namespace."""
+        return ["ip", "netns", "exec", self.client] + list(argv)
+
+    def wait_ready(self, container, timeout=10):
+        """Waits until `container` (joined to the client namespace) reaches
+        the API-server stand-in."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = container.exec(["sh", "-c", "nc -w 1 %s %d </dev/null; echo $?" % self.APISERVER],
+                               check=False)
+            if r.stdout.strip().endswith("0"):
+                return
+            time.sleep(0.3)
+        raise SimNodeError("the API-server stand-in never answered")
+
 
 # ---------------------------------------------------------------------------
 # tokenwatch processes

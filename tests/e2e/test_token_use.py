@@ -21,7 +21,6 @@ Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
 
 import os
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -33,39 +32,18 @@ import test_token_reads as base  # noqa: E402
 simnode = base.simnode
 SA = simnode.SA_MOUNT
 TOKEN = SA + "/token"
-APISERVER = ("10.96.0.1", 443)
-METADATA = ("169.254.169.254", 80)
-PUBLIC = ("192.0.2.10", 80)
+APISERVER = simnode.ServiceNetwork.APISERVER
+METADATA = simnode.ServiceNetwork.METADATA
+PUBLIC = simnode.ServiceNetwork.PUBLIC
 # The agent's correlation_window: how long a read taints, and how long its
 # connection findings fold. Each scenario connects within a second or two of
 # its read; the window-end re-send must come within the test.
 WINDOW_S = 20
 
-# Accepts connections on every port it is given and reads what comes.
-SERVER = r"""
-import select, socket, sys
-socks = []
-for port in map(int, sys.argv[1:]):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64); socks.append(s)
-while True:
-    r, _, _ = select.select(socks, [], [], 1)
-    for s in r:
-        c, _ = s.accept(); c.settimeout(1)
-        try: c.recv(4096)
-        except OSError: pass
-        c.close()
-"""
-
-
 def setUpModule():
     base.setUpModule()
     if subprocess.run(["ip", "-V"], capture_output=True).returncode != 0:
         raise unittest.SkipTest("iproute2 missing")
-
-
-def ip(*args):
-    simnode.host_run(["ip"] + list(args))
 
 
 def argv0(p):
@@ -80,30 +58,8 @@ class TokenUseScenarios(unittest.TestCase):
         simnode.install_signal_handlers()
         cls.node = node = simnode.SimNode(prefix="tokenwatch-use-")
         cls.addClassCleanup(node.close)
-        tag = secrets.token_hex(3)
-        cls.ctr_ns, cls.srv_ns = "tw-ctr-" + tag, "tw-srv-" + tag
-        veth_c, veth_s = "twc" + tag, "tws" + tag
-        for ns in (cls.ctr_ns, cls.srv_ns):
-            ip("netns", "add", ns)
-            node.cleanup.push("delete netns " + ns,
-                              lambda ns=ns: subprocess.run(["ip", "netns", "del", ns]))
-        ip("link", "add", veth_c, "type", "veth", "peer", "name", veth_s)
-        ip("link", "set", veth_c, "netns", cls.ctr_ns)
-        ip("link", "set", veth_s, "netns", cls.srv_ns)
-        ip("-n", cls.ctr_ns, "addr", "add", "10.200.0.2/24", "dev", veth_c)
-        ip("-n", cls.ctr_ns, "link", "set", veth_c, "up")
-        ip("-n", cls.ctr_ns, "link", "set", "lo", "up")
-        ip("-n", cls.ctr_ns, "route", "add", "default", "via", "10.200.0.1")
-        ip("-n", cls.srv_ns, "addr", "add", "10.200.0.1/24", "dev", veth_s)
-        for addr in (APISERVER[0], METADATA[0], PUBLIC[0]):
-            ip("-n", cls.srv_ns, "addr", "add", addr + "/32", "dev", "lo")
-        ip("-n", cls.srv_ns, "link", "set", veth_s, "up")
-        ip("-n", cls.srv_ns, "link", "set", "lo", "up")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", cls.srv_ns, "/usr/bin/python3", "-c", SERVER, "443", "80"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        node.cleanup.push("stop listeners", lambda: (server.kill(), server.wait()))
-
+        cls.net = node.add_service_network()
+        cls.ctr_ns = cls.net.client
         cls.pod = node.add_pod("shop", "checkout-5d8f7b9c4-q2w3e", "checkout")
         cls.app = node.add_container(cls.pod, "app", netns=cls.ctr_ns)
         cls.helper = node.compile_static(os.path.join(base.E2E_DIR, "use_helper.c"), "use_helper")
@@ -118,13 +74,7 @@ class TokenUseScenarios(unittest.TestCase):
         cls.tw.start_agent(extra_args=["--apiserver", "%s:%d" % APISERVER],
                            config_text="correlation_window: %ds\n" % WINDOW_S)
         # The listeners must answer before the scenarios start.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            r = cls.app.exec(["sh", "-c", "nc -w 1 %s %d </dev/null; echo $?" % APISERVER],
-                             check=False)
-            if r.stdout.strip().endswith("0"):
-                break
-            time.sleep(0.3)
+        cls.net.wait_ready(cls.app)
 
     def applet(self, name):
         """A private busybox copy: its own exe, so its findings are its own."""

@@ -31,12 +31,19 @@ struct tw_endpoint {
 };
 TW_STATIC_ASSERT(sizeof(struct tw_endpoint) == 24, "tw_endpoint size");
 
-/* value of the taint map, keyed by struct tw_proc_key; written by the agent */
+/*
+ * value of the taint map, keyed by struct tw_proc_key; written by the agent.
+ * A taint holds only inside the cgroup of the process that read the token:
+ * a tainted process's child that a runtime moved into a container (runc exec,
+ * a shim), or a container process's parent on the host, carries the entry
+ * (it is inherited at fork) but a connection made there is not joined.
+ */
 struct tw_taint {
 	__u64 read_id; /* the agent's id of the token read that tainted it */
 	__u64 expires_ns; /* boot clock; taint ends here */
+	__u64 cgroup_id; /* cgroup v2 id of the reader at the read; 0 matches none */
 };
-TW_STATIC_ASSERT(sizeof(struct tw_taint) == 16, "tw_taint size");
+TW_STATIC_ASSERT(sizeof(struct tw_taint) == 24, "tw_taint size");
 
 /* recent connections of one process, for joins that look back in time */
 struct tw_recent_conn {

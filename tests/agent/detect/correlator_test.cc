@@ -12,6 +12,11 @@ namespace {
 const absl::Time kT0 = absl::FromUnixSeconds(1800000000);
 const uint64_t kTick = 1000000000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
 constexpr uint32_t kPodNs = 4026532999;
+// cgroup v2 ids: the pod's container, another pod's container, the host
+// session every host process here runs in.
+constexpr uint64_t kPodCgroup = 5001;
+constexpr uint64_t kOtherPodCgroup = 5002;
+constexpr uint64_t kHostCgroup = 42;
 
 process::ProcessView P(uint32_t pid, uint64_t start_ticks, uint32_t ns_pid, const char* argv0,
                        bool in_pod = true) {
@@ -21,13 +26,29 @@ process::ProcessView P(uint32_t pid, uint64_t start_ticks, uint32_t ns_pid, cons
   v.ns_pid = ns_pid;
   v.argv = {argv0};
   v.exe = std::string("/bin/") + argv0;
+  v.cgroup_id = kHostCgroup;
+  v.cgroup = "/user.slice/session-1.scope";
   if (in_pod) {
     k8s::ContainerRef ref;
     ref.pod_uid = "11111111-2222-3333-4444-555555555555";
     ref.container_id = std::string(64, 'c');
     v.container = ref;
     v.pidns = kPodNs;
+    v.cgroup_id = kPodCgroup;
+    v.cgroup = "/kubepods/pod" + ref.pod_uid + "/" + ref.container_id;
   }
+  return v;
+}
+
+// A process of another pod's container (its own cgroup and pid namespace).
+process::ProcessView OtherPod(uint32_t pid, uint64_t start_ticks, uint32_t ns_pid,
+                              const char* argv0) {
+  process::ProcessView v = P(pid, start_ticks, ns_pid, argv0);
+  v.container->pod_uid = "99999999-2222-3333-4444-555555555555";
+  v.container->container_id = std::string(64, 'd');
+  v.pidns = kPodNs + 1;
+  v.cgroup_id = kOtherPodCgroup;
+  v.cgroup = "/kubepods/pod" + v.container->pod_uid + "/" + v.container->container_id;
   return v;
 }
 
@@ -142,7 +163,8 @@ TEST(Correlator, TaintExpiresAfterTheWindow) {
   EXPECT_TRUE(f.empty());
   // And Flush forgets the read.
   c.Flush(kT0 + absl::Minutes(11));
-  EXPECT_EQ(c.TaintedBy({100, 50}, kT0 + absl::Minutes(1)), 0u);
+  const process::ProcessView cat = P(100, 50, 12, "cat");
+  EXPECT_EQ(c.TaintedBy(cat, cat, kT0 + absl::Minutes(1)), 0u);
 }
 
 TEST(Correlator, LooksBackAtAConnectionMadeBeforeTheRead) {
@@ -374,6 +396,137 @@ TEST(Correlator, HostReaderTaintsOnlyItselfAndItsParent) {
   Correlator::Taint t = c.OnTokenRead(r);
   ASSERT_EQ(t.keys.size(), 2u);
   EXPECT_EQ(t.keys[1], ProcKey(400, 90));
+  EXPECT_EQ(t.cgroup_id, kHostCgroup);
+}
+
+// The taint boundary (issue 14). A host harness (bash 400) runs cat, which
+// reads pod A's token under the kubelet directory; then `runc exec` into pod
+// B runs a process there that contacts the API server with pod B's own
+// identity. It descends from the tainted bash, but in another cgroup.
+TokenRead HostRead() {
+  TokenRead r = Read(kT0);
+  r.lineage.process = P(500, 100, 500, "cat", false);
+  r.lineage.ancestors = {P(400, 90, 400, "bash", false), P(1, 1, 1, "systemd", false)};
+  return r;
+}
+
+TEST(CorrelatorTaintBoundary, AHostReadDoesNotFollowRuncExecIntoAnotherPod) {
+  Correlator c(Options());
+  c.OnTokenRead(HostRead());
+  // connect_to <- runc init <- runc <- bash (tainted): the lineage the
+  // kernel reports, runc init already in pod B's cgroup.
+  process::ProcessView runc_init = OtherPod(610, 120, 1, "runc");
+  process::ProcessView runc = P(600, 119, 600, "runc", false);
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(2), OtherPod(620, 121, 1, "connect_to"),
+                               {runc_init, runc, P(400, 90, 400, "bash", false)},
+                               "10.96.0.1:443", v1::TARGET_KIND_APISERVER),
+                          0);
+  EXPECT_TRUE(f.empty()) << f[0].DebugString();
+  // Nor when the kernel's record or a look-back names the read: the
+  // connector is still in another cgroup.
+  auto looked_back =
+      c.OnConnection(Conn(kT0 + absl::Seconds(3), OtherPod(621, 122, 1, "connect_to"),
+                          {runc_init, runc, P(400, 90, 400, "bash", false)}, "10.96.0.1:443",
+                          v1::TARGET_KIND_APISERVER),
+                     1);
+  EXPECT_TRUE(looked_back.empty());
+}
+
+TEST(CorrelatorTaintBoundary, AHostSiblingInTheReadersCgroupIsStillTW010) {
+  Correlator c(Options());
+  c.OnTokenRead(HostRead());
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(2), P(510, 101, 510, "curl", false),
+                               {P(400, 90, 400, "bash", false)}, "10.96.0.1:443",
+                               v1::TARGET_KIND_APISERVER),
+                          0);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].rule_id(), "TW010");
+}
+
+TEST(CorrelatorTaintBoundary, AReaderThatExecdFromAShellStillTaintsItsParent) {
+  // sh -c 'exec cat token': cat (500) <- the sh image it replaced (500).
+  Correlator c(Options());
+  TokenRead r = HostRead();
+  r.lineage.process.from_exec = true;
+  r.lineage.ancestors.insert(r.lineage.ancestors.begin(), P(500, 100, 500, "sh", false));
+  Correlator::Taint t = c.OnTokenRead(r);
+  ASSERT_EQ(t.keys.size(), 2u);
+  EXPECT_EQ(t.keys[1], ProcKey(400, 90));
+}
+
+TEST(CorrelatorTaintBoundary, AHostReaderInAnotherCgroupThanItsParentTaintsOnlyItself) {
+  // systemd-run, or a runtime's helper moved into a scope of its own.
+  Correlator c(Options());
+  TokenRead r = HostRead();
+  r.lineage.ancestors[0].cgroup_id = kHostCgroup + 1;
+  r.lineage.ancestors[0].cgroup = "/system.slice/other.service";
+  Correlator::Taint t = c.OnTokenRead(r);
+  ASSERT_EQ(t.keys.size(), 1u);
+  EXPECT_EQ(t.keys[0], ProcKey(500, 100));
+}
+
+TEST(CorrelatorTaintBoundary, AContainerReadDoesNotReachTheHostParentOfItsExecSession) {
+  Correlator c(Options());
+  TokenRead r = Read(kT0);
+  // cat <- sh, an exec session: sh's parent is runc on the host.
+  r.lineage.ancestors = {P(90, 40, 11, "sh"), P(85, 39, 85, "runc", false),
+                         P(84, 38, 84, "kubelet", false)};
+  Correlator::Taint t = c.OnTokenRead(r);
+  ASSERT_EQ(t.keys.size(), 2u);  // cat and sh
+  // A host child of that runc connecting is not joined.
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(86, 45, 86, "curl", false),
+                               {P(85, 39, 85, "runc", false)}, "10.96.0.1:443",
+                               v1::TARGET_KIND_APISERVER),
+                          0);
+  EXPECT_TRUE(f.empty());
+}
+
+TEST(CorrelatorTaintBoundary, ANewExecSessionInTheSamePodIsNotJoined) {
+  Correlator c(Options());
+  TokenRead r = Read(kT0);
+  r.lineage.ancestors = {P(90, 40, 11, "sh"), P(85, 39, 85, "runc", false)};
+  c.OnTokenRead(r);
+  // Same cgroup, but a sibling session: sh 95 from another runc.
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(5), P(96, 61, 31, "wget"),
+                               {P(95, 60, 30, "sh"), P(94, 59, 94, "runc", false)},
+                               "10.96.0.1:443", v1::TARGET_KIND_APISERVER),
+                          0);
+  EXPECT_TRUE(f.empty());
+}
+
+TEST(CorrelatorTaintBoundary, AReusedPidIsAnotherProcess) {
+  Correlator c(Options());
+  c.OnTokenRead(HostRead());
+  // pid 500 again, started later: not the reader.
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(5), P(500, 300, 500, "curl", false),
+                               {P(450, 290, 450, "python3", false)}, "10.96.0.1:443",
+                               v1::TARGET_KIND_APISERVER),
+                          0);
+  EXPECT_TRUE(f.empty());
+}
+
+TEST(CorrelatorTaintBoundary, UnknownCgroupsAreNotJoined) {
+  Correlator c(Options());
+  TokenRead r = HostRead();
+  r.lineage.process.cgroup_id = 0;
+  r.lineage.process.cgroup.clear();
+  c.OnTokenRead(r);
+  auto f = c.OnConnection(Conn(kT0 + absl::Seconds(1), P(500, 100, 500, "cat", false), {},
+                               "10.96.0.1:443", v1::TARGET_KIND_APISERVER),
+                          0);
+  EXPECT_TRUE(f.empty());
+}
+
+TEST(CorrelatorTaintBoundary, CgroupPathsDecideWhenIdsAreUnknown) {
+  process::ProcessView a = P(1, 1, 1, "a");
+  process::ProcessView b = P(2, 2, 2, "b");
+  EXPECT_TRUE(SameCgroup(a, b));
+  b.cgroup_id = 0;
+  EXPECT_TRUE(SameCgroup(a, b));  // by path
+  b.cgroup = "/kubepods/other";
+  EXPECT_FALSE(SameCgroup(a, b));
+  b.cgroup.clear();
+  EXPECT_FALSE(SameCgroup(a, b));
 }
 
 }  // namespace

@@ -245,7 +245,7 @@ TEST_F(ProcessProbeBpfTest, TaintIsInheritedAtForkAndClearedAtExit) {
     return key;
   };
   tw_proc_key child_key = key_of(child);
-  tw_taint taint{42, ~0ull};
+  tw_taint taint{42, ~0ull, 7};
   ASSERT_EQ(bpf_map_update_elem(processes_->taint_fd(), &child_key, &taint, BPF_ANY), 0);
   ASSERT_EQ(write(go[1], "x", 1), 1);
   // Find the grandchild: the child's only child.
@@ -266,6 +266,7 @@ TEST_F(ProcessProbeBpfTest, TaintIsInheritedAtForkAndClearedAtExit) {
   ASSERT_EQ(bpf_map_lookup_elem(processes_->taint_fd(), &grandchild_key, &inherited), 0)
       << "the grandchild did not inherit the taint";
   EXPECT_EQ(inherited.read_id, 42u);
+  EXPECT_EQ(inherited.cgroup_id, 7u) << "the taint's cgroup scope travels with it";
   // Exit clears it.
   ASSERT_EQ(write(done[1], "x", 1), 1);
   waitpid(child, nullptr, 0);
