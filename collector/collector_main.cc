@@ -23,7 +23,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "agent/metrics/http_server.h"
+#include "common/http_server.h"
 #include "collector/cli_args.h"
 #include "collector/collector_metrics.h"
 #include "collector/profile_store.h"

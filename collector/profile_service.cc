@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 #include "collector/grpc_status.h"
 #include "collector/peer_names.h"
 

@@ -12,7 +12,7 @@
 namespace tokenwatch::collector {
 
 // Checks an upload before anything is stored: node present and a valid name, every profile
-// valid (agent/detect/profile_policy.h: ValidateProfile), naming the uploading node or none,
+// valid (common/profile_policy.h: ValidateProfile), naming the uploading node or none,
 // at most one per (namespace, workload, container), at most kMaxProfilesPerUpload of them.
 // InvalidArgument naming the field, e.g. "profiles[2].workload: empty".
 absl::Status ValidateUploadProfilesRequest(const tokenwatch::v1::UploadProfilesRequest& request,

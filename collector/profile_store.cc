@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "collector/sqlite_util.h"
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 
 namespace tokenwatch::collector {
 namespace {

@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 #include "tokenwatch/v1/collector.pb.h"
 
 namespace tokenwatch::collector {

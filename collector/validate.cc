@@ -8,7 +8,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "agent/common/wire_time.h"
+#include "common/wire_time.h"
 
 namespace tokenwatch::collector {
 namespace {

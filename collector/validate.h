@@ -19,7 +19,7 @@ inline constexpr int kMaxAncestors = 64;
 inline constexpr int kMaxConnections = 1024;
 inline constexpr int kMaxListEntries = 64;  // mitre ids, severity reasons, audiences
 // A finding's own times (time, last_seen) lie in [kEarliestSaneTime, now + kMaxClockSkew]; the
-// other times in it need only be valid Timestamps (agent/common/wire_time.h).
+// other times in it need only be valid Timestamps (common/wire_time.h).
 
 // True when `id` is a UUID in the 8-4-4-4-12 hex form (either case).
 bool IsUuid(absl::string_view id);

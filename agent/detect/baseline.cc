@@ -11,8 +11,8 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "agent/common/log.h"
-#include "agent/detect/profile_policy.h"
+#include "common/log.h"
+#include "common/profile_policy.h"
 #include "yaml-cpp/yaml.h"
 
 namespace tokenwatch::detect {

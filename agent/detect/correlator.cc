@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "agent/common/ticks.h"
+#include "common/ticks.h"
 #include "agent/detect/finding_builder.h"
 
 namespace tokenwatch::detect {

@@ -10,7 +10,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 #include "agent/export/collector_channel.h"
 
 namespace tokenwatch::exporting {

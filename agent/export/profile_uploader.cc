@@ -7,8 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "agent/common/log.h"
-#include "agent/detect/profile_policy.h"
+#include "common/log.h"
+#include "common/profile_policy.h"
 
 namespace tokenwatch::exporting {
 

@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 
 namespace tokenwatch::exporting {
 namespace {

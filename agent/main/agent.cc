@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 #include "agent/detect/finding_builder.h"
 #include "agent/detect/sensor_findings.h"
 #include "agent/main/version.h"

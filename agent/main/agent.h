@@ -17,7 +17,7 @@
 #include "agent/main/reopens.h"
 #include "agent/main/token_use.h"
 #include "agent/metrics/agent_metrics.h"
-#include "agent/metrics/http_server.h"
+#include "common/http_server.h"
 #include "agent/probes/hook_mode.h"
 #include "agent/probes/process_probe.h"
 #include "agent/probes/token_open_probe.h"

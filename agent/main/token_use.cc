@@ -9,7 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 #include "agent/tokens/redact.h"
 
 namespace tokenwatch::agent {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 
 namespace tokenwatch::probes {
 namespace {

@@ -14,7 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 #include "agent/probes/bpf_util.h"
 
 namespace tokenwatch::probes {

@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 #include "agent/probes/bpf_util.h"
 #include "process.skel.h"
 

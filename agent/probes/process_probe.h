@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "agent/common/ticks.h"
+#include "common/ticks.h"
 #include "tokenwatch/process.h"
 
 struct process_bpf;

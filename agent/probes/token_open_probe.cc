@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "agent/common/log.h"
+#include "common/log.h"
 #include "agent/probes/bpf_util.h"
 #include "agent/probes/process_probe.h"
 #include "token_open.skel.h"

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/string_view.h"
-#include "agent/common/ticks.h"
+#include "common/ticks.h"
 
 namespace tokenwatch::process {
 namespace {

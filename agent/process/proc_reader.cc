@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "agent/common/ticks.h"
+#include "common/ticks.h"
 #include "agent/tokens/redact.h"
 
 namespace tokenwatch::process {

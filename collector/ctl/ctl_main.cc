@@ -30,7 +30,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "collector/cli_args.h"
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 #include "collector/ctl/format.h"
 #include "tokenwatch/v1/collector.grpc.pb.h"
 

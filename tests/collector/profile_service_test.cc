@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 #include "collector/service.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

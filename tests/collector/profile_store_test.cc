@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 #include "collector/store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

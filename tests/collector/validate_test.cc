@@ -55,7 +55,7 @@ TEST(ValidateFinding, RejectsBadSeverityCountAndTimes) {
   f = TestFinding(1);
   f.clear_time();
   EXPECT_THAT(Problem(f), HasSubstr("finding.time"));
-  // The same bounds and words as for a learned profile's start (agent/common/wire_time.h).
+  // The same bounds and words as for a learned profile's start (common/wire_time.h).
   f = TestFinding(1, absl::Now() + absl::Hours(48));
   EXPECT_THAT(Problem(f), HasSubstr("finding.time: more than 24h in the future"));
   f = TestFinding(1, absl::FromUnixSeconds(0));

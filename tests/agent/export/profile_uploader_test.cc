@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 #include "collector/profile_service.h"
 #include "collector/profile_store.h"
 #include "collector/service.h"

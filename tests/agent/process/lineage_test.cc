@@ -8,7 +8,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "agent/common/ticks.h"
+#include "common/ticks.h"
 #include "gtest/gtest.h"
 
 namespace tokenwatch::process {

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 #include "collector/profile_service.h"
 #include "collector/profile_store.h"
 #include "google/protobuf/stubs/logging.h"

@@ -1,4 +1,4 @@
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 
 #include <string>
 #include <vector>

@@ -1,4 +1,4 @@
-#include "agent/common/ticks.h"
+#include "common/ticks.h"
 
 #include <unistd.h>
 

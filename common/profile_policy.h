@@ -28,7 +28,7 @@ inline constexpr size_t kMaxUploadBytes = 3 * 1024 * 1024;
 // names and paths bounded and free of control characters (they end up in YAML and on
 // terminals), at most kMaxExecutablesPerList entries per list, learning_started and
 // learning_ends set and valid Timestamps, learning_started neither before kEarliestSaneTime
-// nor more than kMaxClockSkew after `now` (agent/common/wire_time.h, the bounds the collector
+// nor more than kMaxClockSkew after `now` (common/wire_time.h, the bounds the collector
 // applies to a finding's times), learning_ends not before it.
 // The node is the caller's business. InvalidArgument naming the field with `field` in front,
 // e.g. "profiles[3].token_readers[2].path: longer than 4096 bytes".

@@ -1,4 +1,4 @@
-#include "agent/common/wire_time.h"
+#include "common/wire_time.h"
 
 #include "absl/strings/str_cat.h"
 

@@ -1,4 +1,4 @@
-#include "agent/metrics/http_server.h"
+#include "common/http_server.h"
 
 #include <CivetServer.h>
 #include <dirent.h>

@@ -1,4 +1,4 @@
-#include "agent/metrics/http_server.h"
+#include "common/http_server.h"
 
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include "gtest/gtest.h"
 #include "prometheus/counter.h"
 #include "prometheus/registry.h"
-#include "tests/agent/metrics/http_get.h"
+#include "tests/common/http_get.h"
 
 namespace tokenwatch::metrics {
 namespace {

@@ -1,4 +1,4 @@
-#include "agent/detect/profile_policy.h"
+#include "common/profile_policy.h"
 
 #include <algorithm>
 #include <map>
@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "agent/common/wire_time.h"
+#include "common/wire_time.h"
 #include "yaml-cpp/yaml.h"
 
 namespace tokenwatch::profiles {

@@ -1,0 +1,22 @@
+# cmake -DROOT=<source dir> -P check_includes.cmake
+# Fails when a program's code includes another program's: collector/ nothing from agent/,
+# agent/ nothing from collector/, common/ nothing from either. Shared code belongs in common/.
+set(rules "collector|agent/" "agent|collector/" "common|agent/" "common|collector/")
+set(bad "")
+foreach(rule IN LISTS rules)
+  string(REPLACE "|" ";" parts "${rule}")
+  list(GET parts 0 dir)
+  list(GET parts 1 forbidden)
+  file(GLOB_RECURSE sources "${ROOT}/${dir}/*.cc" "${ROOT}/${dir}/*.h")
+  foreach(source IN LISTS sources)
+    file(STRINGS "${source}" lines REGEX "^#include \"${forbidden}")
+    foreach(line IN LISTS lines)
+      file(RELATIVE_PATH rel "${ROOT}" "${source}")
+      string(APPEND bad "\n  ${rel}: ${line}")
+    endforeach()
+  endforeach()
+endforeach()
+if(bad)
+  message(FATAL_ERROR "code of one program includes another's (move it to common/):${bad}")
+endif()
+message(STATUS "layout: collector/, agent/ and common/ include only what they may")
