@@ -4,9 +4,9 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -24,16 +24,6 @@ namespace {
 constexpr char kSegmentSuffix[] = ".seg";
 constexpr char kAckedFile[] = "acked";
 constexpr char kLostFile[] = "lost";
-
-std::array<uint32_t, 256> MakeCrcTable() {
-  std::array<uint32_t, 256> table{};
-  for (uint32_t i = 0; i < 256; ++i) {
-    uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    table[i] = c;
-  }
-  return table;
-}
 
 uint32_t LoadLe32(const char* p) {
   const auto* u = reinterpret_cast<const unsigned char*>(p);
@@ -54,8 +44,8 @@ bool RecordAt(absl::string_view bytes, size_t offset, SpoolScan::Record* out) {
       length > bytes.size() - offset - kSpoolRecordHeaderBytes) {
     return false;
   }
-  const uint32_t crc = Crc32c(absl::string_view(p + kSpoolRecordHeaderBytes, length),
-                              Crc32c(absl::string_view(p + 4, 4)));
+  const uint32_t crc = SpoolRecordChecksum(absl::string_view(p + 4, 4),
+                                           absl::string_view(p + kSpoolRecordHeaderBytes, length));
   if (crc != LoadLe32(p + 8)) return false;
   out->offset = offset;
   out->size = kSpoolRecordHeaderBytes + length;
@@ -100,11 +90,11 @@ bool PreadAll(int fd, char* buf, size_t size, uint64_t offset) {
 
 }  // namespace
 
-uint32_t Crc32c(absl::string_view data, uint32_t crc) {
-  static const std::array<uint32_t, 256> kTable = MakeCrcTable();
-  crc = ~crc;
-  for (unsigned char c : data) crc = kTable[(crc ^ c) & 0xff] ^ (crc >> 8);
-  return ~crc;
+uint32_t SpoolRecordChecksum(absl::string_view length_bytes, absl::string_view payload) {
+  uLong crc = crc32_z(0L, Z_NULL, 0);
+  crc = crc32_z(crc, reinterpret_cast<const Bytef*>(length_bytes.data()), length_bytes.size());
+  crc = crc32_z(crc, reinterpret_cast<const Bytef*>(payload.data()), payload.size());
+  return static_cast<uint32_t>(crc);
 }
 
 std::string EncodeSpoolRecord(absl::string_view payload) {
@@ -112,7 +102,7 @@ std::string EncodeSpoolRecord(absl::string_view payload) {
   std::memcpy(out.data(), kSpoolRecordMagic, 4);
   StoreLe32(static_cast<uint32_t>(payload.size()), out.data() + 4);
   std::memcpy(out.data() + kSpoolRecordHeaderBytes, payload.data(), payload.size());
-  StoreLe32(Crc32c(payload, Crc32c(absl::string_view(out.data() + 4, 4))), out.data() + 8);
+  StoreLe32(SpoolRecordChecksum(absl::string_view(out.data() + 4, 4), payload), out.data() + 8);
   return out;
 }
 

@@ -19,17 +19,20 @@
 namespace tokenwatch::exporting {
 
 // On-disk record framing of a spool segment. Every record is
-//   magic (4 bytes, "TWR1") | payload length (4, little-endian) | CRC-32C (4, little-endian,
-//   over the length bytes and the payload) | payload (a serialized SequencedFinding).
+//   magic (4 bytes, "TWR2") | payload length (4, little-endian) | CRC-32 (4, little-endian,
+//   zlib's crc32_z over the length bytes and the payload) | payload (a serialized
+//   SequencedFinding).
+// Format 2 took its checksum from zlib instead of a CRC-32C of our own (format 1, "TWR1", which
+// no release wrote); a reader of format 2 sees a format-1 record as damaged.
 // The magic lets a reader find the next record after a damaged one whose length it can no longer
 // trust, so one bad byte costs one record, not the rest of the segment.
-inline constexpr char kSpoolRecordMagic[4] = {'T', 'W', 'R', '1'};
+inline constexpr char kSpoolRecordMagic[4] = {'T', 'W', 'R', '2'};
 inline constexpr size_t kSpoolRecordHeaderBytes = 12;
 // A finding is bounded by the collector's validation to well under this.
 inline constexpr uint32_t kMaxSpoolPayloadBytes = 4 * 1024 * 1024;
 
-// CRC-32C (Castagnoli), the checksum of each spool record.
-uint32_t Crc32c(absl::string_view data, uint32_t crc = 0);
+// The checksum of one record: zlib's CRC-32 of its length bytes, then its payload.
+uint32_t SpoolRecordChecksum(absl::string_view length_bytes, absl::string_view payload);
 
 // One framed record holding `payload`.
 std::string EncodeSpoolRecord(absl::string_view payload);

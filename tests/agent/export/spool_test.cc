@@ -127,7 +127,7 @@ TEST(SpoolRecord, TornTailIsCountedAndGarbageNeverCrashes) {
   for (int round = 0; round < 200; ++round) {
     std::string junk(rng() % 300, '\0');
     for (char& ch : junk) ch = static_cast<char>(rng());
-    if (round % 2 == 0) junk.insert(rng() % (junk.size() + 1), "TWR1");
+    if (round % 2 == 0) junk.insert(rng() % (junk.size() + 1), "TWR2");
     SpoolScan s = ScanSpoolSegment(junk);
     for (const auto& r : s.records) {
       EXPECT_LE(r.offset + r.size, junk.size());
