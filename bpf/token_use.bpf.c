@@ -76,7 +76,7 @@ static __always_inline void stats__inc(__u32 idx)
  * made in the cgroup the current process is in now (the taint boundary: see
  * struct tw_taint)
  */
-static __always_inline struct tw_taint *taint__find(struct tw_proc_key key, __u64 cgroup_id)
+static __always_inline struct tw_taint *taint__find(struct tw_proc_key key)
 {
 	struct tw_taint *t;
 	struct tw_proc *p;
@@ -87,7 +87,8 @@ static __always_inline struct tw_taint *taint__find(struct tw_proc_key key, __u6
 		if (i > taint_ancestors || key.tgid == 0)
 			break;
 		t = bpf_map_lookup_elem(&taint, &key);
-		if (t && t->expires_ns > now && t->cgroup_id == cgroup_id)
+		/* the cgroup is read only on a hit: most connections have none */
+		if (t && t->expires_ns > now && t->cgroup_id == bpf_get_current_cgroup_id())
 			return t;
 		p = proc__lookup(&key);
 		if (!p)
@@ -112,7 +113,7 @@ int handle_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	struct tw_proc_key key;
 	struct tw_taint *t;
 	__u32 zero = 0, *kind, slot;
-	__u64 id_tgid, size, now, cgroup_id;
+	__u64 id_tgid, size, now;
 	__u8 d6[16];
 	int mapped;
 
@@ -163,8 +164,7 @@ int handle_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 
 	/* report watched destinations, and anything a tainted process does */
 	kind = bpf_map_lookup_elem(&watched_dests, &dest);
-	cgroup_id = bpf_get_current_cgroup_id();
-	t = taint__find(key, cgroup_id);
+	t = taint__find(key);
 	if (!kind && !t)
 		return 0;
 
@@ -175,7 +175,7 @@ int handle_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	e->hdr.ts_ns = now;
 	e->tgid = id_tgid >> 32;
 	e->pid = (__u32)id_tgid;
-	e->cgroup_id = cgroup_id;
+	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->dest = dest;
 	e->dest_kind = kind ? *kind : 0;
 	e->tainted = t ? 1 : 0;

@@ -51,10 +51,6 @@ ProcessView LineageBuilder::FromEntry(const tw_proc& e) const {
   view.ns_pid = e.ns_pid;
   view.pidns = e.pidns;
   view.exited = (e.flags & TW_PROC_EXITED) != 0;
-  // The kernel keeps the image an exec replaced under the same pid, as this
-  // entry's parent (key.image set); FromRecord puts the real parent's pid in
-  // ppid once it has the chain.
-  view.from_exec = e.parent.tgid == e.key.tgid && e.parent.image != 0;
   view.cgroup_id = e.cgroup_id;
   Attribute(&view, cgroups_->PathOf(e.cgroup_id).value_or(""));
   // A relative or cut exe: take the full path from /proc if the pid still
@@ -110,27 +106,25 @@ Lineage LineageBuilder::FromRecord(uint32_t tgid, uint64_t cgroup_id, const tw_p
   }
   lineage.truncated = truncated;
 
-  // An image's parent in the kernel's chain is its own previous image
-  // (unless that entry was cut off): give it the pid of the parent that image
-  // had, from the top down, so a run of execs all get it.
-  for (size_t i = 0; i < lineage.ancestors.size(); ++i) {
-    ProcessView& image = i == 0 ? lineage.process : lineage.ancestors[i - 1];
-    if (lineage.ancestors[i].pid != image.pid) image.from_exec = false;
-  }
+  // The kernel keeps the image an exec replaced as the new image's parent,
+  // under the same pid and start: such a pair is one process, the newer
+  // entry from_exec, and it takes the parent pid its previous image had
+  // (from the top down, so a run of execs all get it).
   for (size_t i = lineage.ancestors.size(); i-- > 0;) {
     ProcessView& image = i == 0 ? lineage.process : lineage.ancestors[i - 1];
-    if (image.from_exec) image.ppid = lineage.ancestors[i].ppid;
+    const ProcessView& before = lineage.ancestors[i];
+    image.from_exec = before.pid == image.pid &&
+                      StartTicks(before.start_boottime_ns) == StartTicks(image.start_boottime_ns);
+    if (image.from_exec) image.ppid = before.ppid;
   }
 
   // Where the kernel's chain stopped short of the top, continue from /proc.
   // A chain cut right after an exec ends on an image whose previous one was
-  // evicted: its ppid is still its own pid, and /proc would show the same
-  // process again (one entry per image: the same pid and start time twice in
-  // a row only for a real exec), so take the parent from /proc's ppid.
+  // evicted: its parent is still itself, and /proc would show the same
+  // process again, so take the parent from /proc's ppid.
   ProcessView& last = lineage.ancestors.empty() ? lineage.process : lineage.ancestors.back();
   uint32_t next = last.ppid;
-  if (last.from_exec && next == last.pid) {
-    last.from_exec = false;
+  if (next == last.pid) {
     auto stat = proc_->ReadStat(last.pid);
     next = stat.ok() && StartTicks(stat->start_boottime_ns) == StartTicks(last.start_boottime_ns)
                ? stat->ppid

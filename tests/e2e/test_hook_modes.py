@@ -40,7 +40,7 @@ def setUpModule():
         raise unittest.SkipTest(reason)
 
 
-class HookModeScenarios(unittest.TestCase):
+class HookModeScenarios(base.AgentScenario):
     """One node and collector; an agent per mode, one after the other."""
 
     @classmethod
@@ -69,13 +69,6 @@ class HookModeScenarios(unittest.TestCase):
             simnode.stop_process(self.tw.agent)
             self.tw.agent = None
 
-    def wait(self, predicate, what):
-        f = self.tw.wait_for_finding(predicate, timeout=base.FINDING_TIMEOUT)
-        if f is None:
-            self.fail("no finding for %s.\nfindings:\n  %s\nagent stderr (tail):\n%s" % (
-                what, "\n  ".join(base.describe(x) for x in self.tw.findings()) or "(none)",
-                self.tw.agent_stderr()[-3000:]))
-        return f
 
     def uring_read(self, mode, direct):
         """io_uring open of the pod's token from inside the container, by a

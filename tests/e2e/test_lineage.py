@@ -54,7 +54,7 @@ def chain(f):
     return out
 
 
-class LineageScenarios(unittest.TestCase):
+class LineageScenarios(base.AgentScenario):
 
     @classmethod
     def setUpClass(cls):
@@ -80,13 +80,6 @@ class LineageScenarios(unittest.TestCase):
         cls.tw.start_collector()
         cls.tw.start_agent()
 
-    def wait(self, predicate, what):
-        f = self.tw.wait_for_finding(predicate, timeout=base.FINDING_TIMEOUT)
-        if f is None:
-            self.fail("no finding for %s.\nfindings:\n  %s\nagent stderr (tail):\n%s" % (
-                what, "\n  ".join(base.describe(x) for x in self.tw.findings()) or "(none)",
-                self.tw.agent_stderr()[-3000:]))
-        return f
 
     def test_exec_session_chain_is_complete_and_tw004(self):
         # The issue's own command. Shells exec their last command, so each sh

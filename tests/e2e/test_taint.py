@@ -22,7 +22,6 @@ Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
 """
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -48,7 +47,7 @@ def argv0(p):
     return argv[0] if argv else ""
 
 
-class TaintBoundary(unittest.TestCase):
+class TaintBoundary(base.AgentScenario):
 
     @classmethod
     def setUpClass(cls):
@@ -73,18 +72,7 @@ class TaintBoundary(unittest.TestCase):
 
     # helpers
 
-    def wait(self, predicate, what, timeout=base.FINDING_TIMEOUT):
-        f = self.tw.wait_for_finding(predicate, timeout=timeout)
-        if f is None:
-            self.fail("no finding for %s.\nfindings:\n  %s\nagent stderr (tail):\n%s" % (
-                what, "\n  ".join(base.describe(x) for x in self.tw.findings()) or "(none)",
-                self.tw.agent_stderr()[-3000:]))
-        return f
 
-    def connect_records(self):
-        m = re.search(r'^tokenwatch_kernel_records_total\{type="connect"\}\s+(\S+)',
-                      self.tw.metrics(), re.M)
-        return float(m.group(1)) if m else 0.0
 
     def settle_connects(self, before, at_least=1):
         """Waits until the agent has received `at_least` more connection

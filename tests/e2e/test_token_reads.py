@@ -134,6 +134,25 @@ def count_of(f):
     return int(f.get("count", 0) or 0)
 
 
+class AgentScenario(unittest.TestCase):
+    """A scenario class whose setUpClass sets `tw` (simnode.Tokenwatch): waits
+    for findings and reads the agent's counters."""
+
+    def wait(self, predicate, what, timeout=FINDING_TIMEOUT):
+        """The first finding in the collector that `predicate` accepts; fails
+        naming `what`, every finding stored and the agent's log tail."""
+        f = self.tw.wait_for_finding(predicate, timeout=timeout)
+        if f is None:
+            self.fail("no finding for %s.\nfindings:\n  %s\nagent stderr (tail):\n%s" % (
+                what, "\n  ".join(describe(x) for x in self.tw.findings()) or "(none)",
+                self.tw.agent_stderr()[-3000:]))
+        return f
+
+    def connect_records(self):
+        """Connection records the agent has received from the kernel."""
+        return self.tw.metric_value("tokenwatch_kernel_records_total", {"type": "connect"}) or 0.0
+
+
 class TokenReadScenarios(unittest.TestCase):
     """One node, one agent, one collector for all scenarios; tests run in name
     order (the rotation and leak checks come last)."""

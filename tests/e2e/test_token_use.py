@@ -20,7 +20,6 @@ Exit status 77 means skipped (ctest SKIP_RETURN_CODE).
 """
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -51,7 +50,7 @@ def argv0(p):
     return argv[0] if argv else ""
 
 
-class TokenUseScenarios(unittest.TestCase):
+class TokenUseScenarios(base.AgentScenario):
 
     @classmethod
     def setUpClass(cls):
@@ -81,18 +80,7 @@ class TokenUseScenarios(unittest.TestCase):
         self.assertLessEqual(len(name), 15)
         return self.app.install_applet("/opt/tw/" + name)
 
-    def wait(self, predicate, what, timeout=base.FINDING_TIMEOUT):
-        f = self.tw.wait_for_finding(predicate, timeout=timeout)
-        if f is None:
-            self.fail("no finding for %s.\nfindings:\n  %s\nagent stderr (tail):\n%s" % (
-                what, "\n  ".join(base.describe(x) for x in self.tw.findings()) or "(none)",
-                self.tw.agent_stderr()[-3000:]))
-        return f
 
-    def connect_records(self):
-        m = re.search(r'^tokenwatch_kernel_records_total\{type="connect"\}\s+(\S+)',
-                      self.tw.metrics(), re.M)
-        return float(m.group(1)) if m else 0.0
 
     def assert_names_token_of_pod(self, f):
         token = f.get("token") or {}

@@ -87,6 +87,13 @@ class SpoolTest : public ::testing::Test {
     return out;
   }
 
+  // Flips a byte inside the payload of the first record of the oldest segment.
+  void DamageFirstRecord() {
+    std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(kSpoolRecordHeaderBytes + 3);
+    file.put('\xee');
+  }
+
   std::string dir_;
 };
 
@@ -203,10 +210,7 @@ TEST_F(SpoolTest, DamageAfterOpenIsSkippedWhenRead) {
   auto spool = Open(1 << 20, 1 << 16);
   for (int i = 1; i <= 5; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
   ASSERT_TRUE(spool->Sync().ok());
-  std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
-  file.seekp(kSpoolRecordHeaderBytes + 3);  // inside record 1's payload
-  file.put('\xee');
-  file.close();
+  DamageFirstRecord();
   EXPECT_EQ(Sequences(spool->ReadAfter(0, 100)), Range(2, 5));
   EXPECT_EQ(Report(*spool).corrupt, 1u);
 }
@@ -305,11 +309,7 @@ TEST_F(SpoolTest, ADamagedRecordIsCountedOnceAcrossRestarts) {
     auto spool = Open(1 << 20, 1 << 16);
     for (int i = 1; i <= 5; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
   }
-  {
-    std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
-    file.seekp(kSpoolRecordHeaderBytes + 3);  // inside record 1's payload
-    file.put('\xee');
-  }
+  DamageFirstRecord();
   // Killed before the loss was reported: the restart still knows it, and only once.
   InAChildKilledAfterwards([&] {
     if (Open(1 << 20, 1 << 16)->stats().corrupt_total != 1) _exit(2);
@@ -334,11 +334,7 @@ TEST_F(SpoolTest, DamageFoundWhileReadingSurvivesASigkill) {
       for (int i = 1; i <= 5; ++i) {
         if (!spool->Append(MakeFinding(i)).ok()) _exit(2);
       }
-      {
-        std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
-        file.seekp(kSpoolRecordHeaderBytes + 3);
-        file.put('\xee');
-      }
+      DamageFirstRecord();
       if (spool->ReadAfter(0, 100).size() != 4) _exit(3);
       if (synced && !spool->Sync().ok()) _exit(4);
     });
@@ -372,11 +368,7 @@ TEST_F(SpoolTest, ADamagedLostFileDoesNotHideDamageInASegment) {
     auto spool = Open(1 << 20, 1 << 16);
     for (int i = 1; i <= 5; ++i) ASSERT_TRUE(spool->Append(MakeFinding(i)).ok());
   }
-  {
-    std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
-    file.seekp(kSpoolRecordHeaderBytes + 3);  // inside record 1's payload
-    file.put('\xee');
-  }
+  DamageFirstRecord();
   {
     std::ofstream lost(dir_ + "/spool/lost", std::ios::trunc | std::ios::binary);
     lost << "dropped 1x\n\xff\xfe\x01 not a count\ncounted\ncorrupt -3\n";
@@ -427,11 +419,7 @@ TEST_F(SpoolTest, AnAckedSegmentStaysUntilItsDamageCountIsOnDisk) {
     for (int i = 1; i <= 5; ++i) {
       if (!spool->Append(MakeFinding(i)).ok()) _exit(2);
     }
-    {
-      std::fstream file(Segments()[0], std::ios::in | std::ios::out | std::ios::binary);
-      file.seekp(kSpoolRecordHeaderBytes + 3);
-      file.put('\xee');
-    }
+    DamageFirstRecord();
     if (spool->ReadAfter(0, 100).size() != 4) _exit(3);
     if (!std::filesystem::create_directory(blocker)) _exit(4);
     spool->Ack(5);
